@@ -1,0 +1,189 @@
+"""The configuration schema: dataclasses registered with Hydra's ConfigStore.
+
+Every key a run accepts is declared here, with its default and the unit or source of that
+default. `conf/config.yaml` builds on this schema and `conf/exp/*.yaml` override it, so a
+misspelt key fails at start (see `cispo.config_check`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING  # noqa: F401  (re-exported for experiment schemas)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in random hybrid MiniMax model (`model.name=tiny`): the M1 layout in
+    miniature (lightning layers with one softmax layer after them, MoE MLPs)."""
+
+    hidden_size: int = 64
+    num_layers: int = 4
+    # M1: one softmax layer after every 7 lightning layers; here after every `softmax_every - 1`.
+    softmax_every: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2  # GQA in the softmax layers (M1: 64 heads, 8 KV heads)
+    num_experts: int = 4  # M1: 32
+    experts_per_token: int = 2  # M1: top-2
+    expert_ffn: int = 128  # M1: 9216
+    block_size: int = 16  # lightning attention block (M1: 256)
+    max_positions: int = 256
+    rope_theta: float = 10_000_000.0  # M1: 1e7
+    init_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # "tiny": build a random tiny hybrid MiniMax + an offline tokenizer for the built-in task.
+    # Anything else: a Hugging Face model id or local directory (`from_pretrained`).
+    name: str = "tiny"
+    tokenizer: str | None = None  # default: same as `name`
+    dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU)
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    # "arithmetic": the built-in synthetic task. Else a .jsonl/.json/.parquet path or a hub name.
+    source: str = "arithmetic"
+    split: str = "train"
+    prompt_key: str = "prompt"
+    reference_key: str = "reference"
+    data_source_key: str = "data_source"
+    default_data_source: str = "math"  # for rows without a data_source column
+    max_prompt_tokens: int = 1024  # longer prompts are skipped and counted
+    shuffle: bool = True
+    seed: int = 0
+    # built-in arithmetic task
+    arithmetic_rows: int = 2000
+    arithmetic_max_operand: int = 2  # operands drawn from 0..max_operand
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # registry name (rollout.engines)
+    num_workers: int = 2  # GenerationWorker Ray actors
+    prompts_per_step: int = 64
+    group_size: int = 8  # G samples per prompt (M1 report: 16 in later stages)
+    max_new_tokens: int = 4096
+    temperature: float = 1.0  # M1 sampled at 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    num_cpus_per_worker: float = 1.0  # Ray resources per worker
+    num_gpus_per_worker: float = 0.0
+    torch_threads: int = 1  # intra-op threads per worker on CPU
+
+
+@dataclass
+class SandboxConfig:
+    # docker: warm, hardened containers. process: local subprocesses with rlimits and NO
+    # isolation: never chosen automatically; set it explicitly where Docker cannot run.
+    backend: str = "docker"
+    image: str = "cispo-sandbox:bookworm-1"  # built by `python -m sandboxes.image build`
+    num_workers: int = 2  # warm scoring workers (containers)
+    memory_mb: int = 512  # memory = memory+swap limit per worker
+    cpus: float = 1.0  # CPU quota per worker
+    pids_limit: int = 64
+    verdict_timeout_s: float = 10.0  # wall clock per verdict; over it the worker is killed+replaced
+    start_timeout_s: float = 60.0  # a worker must answer its first ping within this
+
+
+@dataclass
+class RewardConfig:
+    # data_source -> reward name in the registry (rewards.registry). Rows whose data_source is
+    # not here use `default`.
+    sources: dict[str, str] = field(default_factory=lambda: {"math": "math", "arithmetic": "math"})
+    default: str = "math"
+    timeout_s: float = 30.0  # wall clock for one reward call, sandbox start included
+    error_score: float = 0.0  # score of a call that raised or timed out (counted in metrics)
+    max_concurrency: int = 8  # reward calls in flight
+
+
+@dataclass
+class AlgorithmConfig:
+    loss: str = "cispo"  # registry name (cispo.loss)
+    # r_hat = clip(r, 1 - eps_low, 1 + eps_high). M1 imposes no lower bound: eps_low=1 makes the
+    # bound 0, which r never goes below. M1 tunes only eps_high and does not publish the value;
+    # 0.28 is DAPO's clip-higher value, a common starting point.
+    eps_low: float = 1.0
+    eps_high: float = 0.28
+    normalization: str = "token"  # divide by all unmasked tokens of the batch (M1)
+    advantage: str = "group_norm"  # registry name (cispo.advantages)
+    advantage_eps: float = 1e-6  # added to the group std
+    # off-policy rounds: minibatch updates per generation batch (M1: up to 16)
+    num_minibatches: int = 1
+    # the pi_old in r = pi/pi_old: "learner" recomputes it before the update; "rollout" uses
+    # the sampling engine's log-probs (the behaviour policy)
+    old_logprobs: str = "learner"
+
+
+@dataclass
+class LearnerConfig:
+    num_workers: int = 1  # DeepSpeed ranks (Ray actors)
+    zero_stage: int = 3
+    backend: str = "auto"  # auto: nccl with GPUs, gloo on CPU
+    micro_batch_size: int = 64  # sequences per forward/backward
+    lr: float = 1e-6  # M1 report does not publish its LR; 1e-6 is common for 7B-30B RL
+    beta1: float = 0.9  # M1: AdamW betas (0.9, 0.95)
+    beta2: float = 0.95
+    eps: float = 1e-15  # M1: gradients span 1e-18..1e-5; 1e-8 stalls training
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    torch_threads: int = 2
+    master_port: int = 0  # 0 = pick a free port
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 100
+    save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "auto"  # auto: online with WANDB_API_KEY set, else offline | disabled
+    wandb_project: str = "cispo"
+    wandb_entity: str | None = None
+    progress: bool = True  # rich progress bar on the terminal
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray; "auto": join the cluster
+    num_cpus: int | None = None  # local Ray only; None = enough for the actors asked for
+
+
+@dataclass
+class Config:
+    exp_name: str = "default"
+    run_dir: str = "runs/${exp_name}-${now:%Y%m%d-%H%M%S}"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="cispo_schema", node=Config)
+
+
+register()
+
+
+def as_dict(cfg: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,75 @@
+"""Where every process gets its model: one directory loadable with `from_pretrained`.
+
+`prepare(cfg, out_dir)` returns that directory: for `model.name=tiny` it builds a random hybrid
+MiniMax and the offline tokenizer and saves both there; otherwise it returns the HF id / path
+unchanged. Learner and generation workers then load the same way, so the tiny model exercises the
+exact code path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tiny_minimax_config(t: Any, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    from transformers import MiniMaxConfig
+
+    layer_types = ["full_attention" if (i + 1) % t.softmax_every == 0 else "linear_attention"
+                   for i in range(t.num_layers)]
+    head_dim = t.hidden_size // t.num_heads
+    return MiniMaxConfig(
+        vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.expert_ffn,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads, head_dim=head_dim,
+        num_local_experts=t.num_experts, num_experts_per_tok=t.experts_per_token,
+        layer_types=layer_types, block_size=t.block_size,
+        max_position_embeddings=t.max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+        tie_word_embeddings=False,
+    )
+
+
+def prepare(cfg: Any, out_dir: str | Path) -> str:
+    """The model directory (or hub id) every process loads with `load_model`/`load_tokenizer`."""
+    if cfg.name != "tiny":
+        return cfg.name
+    from transformers import MiniMaxForCausalLM
+
+    from cispo.models.tokenizer import build_char_tokenizer
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return str(out)  # resuming: keep the same initial weights
+    tok = build_char_tokenizer()
+    config = tiny_minimax_config(cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id,
+                                 tok.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.tiny.init_seed)
+        model = MiniMaxForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:  # many causal LMs ship without one; generation needs it
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok

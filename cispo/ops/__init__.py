@@ -1,0 +1,1 @@
+"""Numerical kernels shared by the learner and the rollout engines (a leaf package)."""

@@ -1,0 +1,1 @@
+"""Generation: Ray `GenerationWorker` actors around an engine (registry: `rollout.engines`)."""

@@ -1,0 +1,26 @@
+"""What generation returns: plain data, cheap to send between Ray processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    """One response. `logprobs[t]` is log p(response_ids[t]) under the distribution the engine
+    sampled from (after temperature and top-k/top-p), so the learner compares like with like."""
+
+    prompt_index: int  # index of the prompt in the step's batch
+    prompt_ids: list[int]
+    response_ids: list[int]  # includes the EOS token when finish_reason == "stop"
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS) | "length" (max_new_tokens) | "repetition"
