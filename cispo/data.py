@@ -17,6 +17,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class DataError(ValueError):
+    """The dataset cannot be used at all (missing file, no usable row)."""
+
+
 @dataclass
 class Prompt:
     """One validated row: what the rollout needs plus what the reward needs."""
@@ -41,7 +45,7 @@ def load_rows(cfg: Any):
     kinds = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
     if path.suffix in kinds:
         if not path.exists():
-            raise FileNotFoundError(f"data.source={src!r}: no such file")
+            raise DataError(f"data.source={src!r}: no such file")
         return datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
     return datasets.load_dataset(src, split=cfg.split)
 
@@ -74,7 +78,7 @@ def validate(ds, cfg: Any, tokenizer) -> tuple[list[Prompt], Counter]:
     if skipped:
         log.warning("skipped %d of %d data rows: %s", sum(skipped.values()), len(ds), dict(skipped))
     if not kept:
-        raise ValueError(f"data.source={cfg.source!r}: no usable rows ({dict(skipped)}); "
+        raise DataError(f"data.source={cfg.source!r}: no usable rows ({dict(skipped)}); "
                          f"rows need '{cfg.prompt_key}' and '{cfg.reference_key}'")
     return kept, skipped
 

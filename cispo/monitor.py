@@ -72,13 +72,14 @@ class Progress:
             self.bar.__enter__()
         return self
 
-    def update(self, m: dict[str, float]) -> None:
+    def update(self, step: int, m: dict[str, float]) -> None:
         if self.bar:
             self.bar.update(self.task, advance=1, description=(
                 f"reward {m['reward/mean']:.3f}  loss {m['loss/policy']:+.4f}  "
                 f"clip {m['is_weight/clip_frac']:.3f}  {m['time/step_s']:.1f}s/step"))
         else:
-            log.info("step %d reward %.3f loss %+.4f", m.get("step", -1), m["reward/mean"], m["loss/policy"])
+            log.info("step %d reward %.3f loss %+.4f %.1fs", step, m["reward/mean"], m["loss/policy"],
+                     m["time/step_s"])
 
     def __exit__(self, *exc):
         if self.bar:

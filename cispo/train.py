@@ -24,6 +24,7 @@ from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from rewards.manager import RewardManager
 from rollout.manager import RolloutManager
+from sandboxes.engine import DockerUnavailable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("cispo.train")
@@ -33,12 +34,18 @@ log = logging.getLogger("cispo.train")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
     torch.manual_seed(cfg.trainer.seed)
+    try:  # first: the cheap checks that a user can fix, before Ray and the learner start
+        rewarder = RewardManager(cfg.reward, cfg.sandbox)
+    except DockerUnavailable as e:
+        sys.exit(str(e))
     start_ray(cfg)
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    prompts, skipped = data.validate(data.load_rows(cfg.data), cfg.data, tokenizer)
+    try:
+        prompts, skipped = data.validate(data.load_rows(cfg.data), cfg.data, tokenizer)
+    except data.DataError as e:
+        sys.exit(f"data: {e}")
     stream = data.PromptStream(prompts, cfg.data.shuffle, cfg.data.seed)
-    rewarder = RewardManager(cfg.reward, cfg.sandbox)
     G, A = cfg.rollout.group_size, cfg.algorithm
     batch_size = cfg.rollout.prompts_per_step * G
     learner = LearnerGroup(cfg.learner, cfg.model, model_path, batch_size // A.num_minibatches,
@@ -74,7 +81,7 @@ def main(cfg: DictConfig) -> None:
                        "time/generate_s": t_gen, "time/learn_s": t_learn,
                        "time/step_s": time.monotonic() - t0}
             logger.log(step, metrics)
-            bar.update(metrics)
+            bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
                 checkpoint.save(learner, run_dir, step + 1, stream.state())
 

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny random hybrid MiniMax on disk and one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    from omegaconf import OmegaConf
+
+    from cispo.config import ModelConfig
+    from cispo.models.build import prepare
+
+    return prepare(OmegaConf.structured(ModelConfig), tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
