@@ -74,11 +74,13 @@ def main(cfg: DictConfig) -> None:
             l_metrics = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, loss_kwargs)
                          for k in range(0, len(items), mb)]
             t_learn = time.monotonic() - t1
+            t2 = time.monotonic()
             rollout.sync_weights(learner.state_dict_ref())                         # 6. sync
             metrics = {**mean_of(l_metrics), **agree, **r_metrics,                  # 7. log
                        **sample_metrics(samples, rewards, G),
                        "data/skipped_rows": float(sum(skipped.values())),
                        "time/generate_s": t_gen, "time/learn_s": t_learn,
+                       "time/sync_s": time.monotonic() - t2,
                        "time/step_s": time.monotonic() - t0}
             logger.log(step, metrics)
             bar.update(step, metrics)
