@@ -1,5 +1,9 @@
-"""Checkpoints: the DeepSpeed engine state (model + optimizer, sharded) plus the trainer state
-(step, data position, RNG) in `run_dir/checkpoints/step_N/`, and `latest` naming the newest."""
+"""Checkpoints that resume exactly: the DeepSpeed engine state (model + optimizer, sharded per
+rank) and the trainer state (step, data position, RNG) in `run_dir/checkpoints/step_N/`.
+
+Everything else a step draws on is a function of the step index (generation seeds) or of the
+restored state, so a resumed run repeats the uninterrupted run's steps.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,49 @@ from pathlib import Path
 
 import torch
 
-
-def trainer_state(step: int, data_state: dict) -> dict:
-    return {"step": step, "data": data_state, "python_rng": random.getstate(),
-            "torch_rng": torch.get_rng_state().tolist()}
+LATEST = "latest_step"
 
 
 def save(learner, run_dir: str | Path, step: int, data_state: dict) -> Path:
     ckpt = Path(run_dir) / "checkpoints"
     tag = f"step_{step}"
-    state = trainer_state(step, data_state)
-    learner.save(str(ckpt), tag, {"trainer": state})
-    (ckpt / tag / "trainer_state.json").write_text(json.dumps(state, default=str))
-    (ckpt / "latest_step").write_text(tag)
+    state = {"step": step, "data": data_state, "python_rng": _jsonable(random.getstate()),
+             "torch_rng": torch.get_rng_state().tolist()}
+    learner.save(str(ckpt), tag, {})
+    (ckpt / tag / "trainer_state.json").write_text(json.dumps(state))
+    (ckpt / LATEST).write_text(tag)  # written last: a checkpoint is complete once named here
     return ckpt / tag
+
+
+def find(run_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from: None (fresh), "auto" (newest in run_dir, if any), or a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        latest = Path(run_dir) / "checkpoints" / LATEST
+        return latest.parent / latest.read_text().strip() if latest.exists() else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        raise SystemExit(f"resume={resume!r}: not a checkpoint (no trainer_state.json there); "
+                         f"checkpoints are run_dir/checkpoints/step_N")
+    return path
+
+
+def load(learner, path: Path, stream) -> int:
+    """Restore learner, data position and RNG; returns the step to continue from."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    learner.load(str(path.parent), path.name)
+    stream.load_state(state["data"])
+    random.setstate(_tupled(state["python_rng"]))
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return int(state["step"])
+
+
+def _jsonable(rng_state):
+    version, internal, gauss = rng_state
+    return [version, list(internal), gauss]
+
+
+def _tupled(saved):
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)

@@ -164,6 +164,9 @@ class RayConfig:
 class Config:
     exp_name: str = "default"
     run_dir: str = "runs/${exp_name}-${now:%Y%m%d-%H%M%S}"
+    # null: start fresh; "auto": continue from the newest checkpoint in run_dir if there is one
+    # (pass the same run_dir); or a path to run_dir/checkpoints/step_N
+    resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

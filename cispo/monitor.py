@@ -20,18 +20,27 @@ def wandb_mode(setting: str) -> str:
 class RunLogger:
     """`log(step, metrics)` appends one JSON line and sends the same dict to W&B."""
 
-    def __init__(self, run_dir: str | Path, cfg: Any, config_dict: dict, resume: bool = False):
+    def __init__(self, run_dir: str | Path, cfg: Any, config_dict: dict, start_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a" if resume else "w")
+        kept = []
+        if start_step > 0 and self.path.exists():
+            # resuming: keep the steps before the checkpoint; later ones are about to be redone
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] < start_step]
+        self._f = open(self.path, "w")
+        self._f.writelines(ln + "\n" for ln in kept)
         self.run = None
         mode = wandb_mode(cfg.wandb_mode)
         if mode != "disabled":
             import wandb
 
+            id_file = Path(run_dir) / "wandb_run_id"  # one W&B run across resumes
+            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            id_file.write_text(run_id)
             self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=mode,
-                                  dir=str(run_dir), config=config_dict,
-                                  name=Path(run_dir).name, resume="allow" if resume else None,
+                                  dir=str(run_dir), config=config_dict, id=run_id,
+                                  name=Path(run_dir).name, resume="allow",
                                   settings=wandb.Settings(silent=True, console="off"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -32,13 +33,55 @@ log = logging.getLogger("cispo.train")
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    p = build(cfg)
+    A, G = cfg.algorithm, cfg.rollout.group_size
+    with Progress(cfg.trainer.total_steps, p.start, cfg.logging.progress) as bar:
+        for step in range(p.start, cfg.trainer.total_steps):
+            t0 = time.monotonic()
+            batch = p.stream.next_batch(cfg.rollout.prompts_per_step)                 # 1. prompts
+            samples = p.rollout.generate([q.token_ids for q in batch], seed=step)     # 2. rollout
+            t_gen = time.monotonic() - t0
+            rewards, r_metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))  # 3.
+            adv = compute_advantages(A.advantage, torch.tensor(rewards), G, eps=A.advantage_eps)
+            items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)           # 4. advantages
+                     for s, a in zip(samples, adv.tolist(), strict=True)]
+            t1 = time.monotonic()
+            l_metrics = learn(p.learner, items, A)                                    # 5. learn
+            t2 = time.monotonic()
+            p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
+            metrics = {**l_metrics, **r_metrics, **sample_metrics(samples, rewards, G),  # 7. log
+                       "data/skipped_rows": float(p.skipped_rows), "time/generate_s": t_gen,
+                       "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
+                       "time/step_s": time.monotonic() - t0}
+            p.logger.log(step, metrics)
+            bar.update(step, metrics)
+            if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
+                checkpoint.save(p.learner, p.run_dir, step + 1, p.stream.state())
+    finish(cfg, p)
+
+
+@dataclass
+class Parts:
+    run_dir: Path
+    start: int
+    tokenizer: object
+    stream: data.PromptStream
+    skipped_rows: int
+    rewarder: RewardManager
+    learner: LearnerGroup
+    rollout: RolloutManager
+    logger: RunLogger
+
+
+def build(cfg: DictConfig) -> Parts:
+    """Everything the loop needs, cheapest user-fixable checks first; restores a checkpoint."""
     run_dir = Path(cfg.run_dir)
+    ckpt = checkpoint.find(run_dir, cfg.resume)
     torch.manual_seed(cfg.trainer.seed)
-    try:  # first: the cheap checks that a user can fix, before Ray and the learner start
+    try:
         rewarder = RewardManager(cfg.reward, cfg.sandbox)
     except DockerUnavailable as e:
         sys.exit(str(e))
-    start_ray(cfg)
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     try:
@@ -46,53 +89,45 @@ def main(cfg: DictConfig) -> None:
     except data.DataError as e:
         sys.exit(f"data: {e}")
     stream = data.PromptStream(prompts, cfg.data.shuffle, cfg.data.seed)
-    G, A = cfg.rollout.group_size, cfg.algorithm
-    batch_size = cfg.rollout.prompts_per_step * G
-    learner = LearnerGroup(cfg.learner, cfg.model, model_path, batch_size // A.num_minibatches,
-                           cfg.rollout.temperature)
+    start_ray(cfg)
+    per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
+    learner = LearnerGroup(cfg.learner, cfg.model, model_path, per_minibatch, cfg.rollout.temperature)
+    start = 0
+    if ckpt is not None:
+        start = checkpoint.load(learner, ckpt, stream)
+        log.info("resumed from %s at step %d", ckpt, start)
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code)
     rollout.sync_weights(learner.state_dict_ref())
-    logger = RunLogger(run_dir, cfg.logging, as_dict(cfg))
-    loss_kwargs = {"eps_low": A.eps_low, "eps_high": A.eps_high, "normalization": A.normalization}
+    logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  %d prompts (%d rows skipped)", run_dir, model_path,
              len(prompts), sum(skipped.values()))
+    return Parts(run_dir, start, tokenizer, stream, sum(skipped.values()), rewarder, learner,
+                 rollout, logger)
 
-    with Progress(cfg.trainer.total_steps, 0, cfg.logging.progress) as bar:
-        for step in range(cfg.trainer.total_steps):
-            t0 = time.monotonic()
-            batch = stream.next_batch(cfg.rollout.prompts_per_step)                 # 1. prompts
-            samples = rollout.generate([p.token_ids for p in batch], seed=step)     # 2. rollout
-            t_gen = time.monotonic() - t0
-            rewards, r_metrics = rewarder.score(reward_items(samples, batch, tokenizer))  # 3. reward
-            adv = compute_advantages(A.advantage, torch.tensor(rewards), G, eps=A.advantage_eps)  # 4.
-            items = to_train_items(samples, adv.tolist())
-            t1 = time.monotonic()
-            old, agree = learner.old_logprobs(items)                                # 5. learn
-            if A.old_logprobs == "rollout":
-                old = [it.rollout_logprobs for it in items]
-            mb = -(-len(items) // A.num_minibatches)
-            l_metrics = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, loss_kwargs)
-                         for k in range(0, len(items), mb)]
-            t_learn = time.monotonic() - t1
-            t2 = time.monotonic()
-            rollout.sync_weights(learner.state_dict_ref())                         # 6. sync
-            metrics = {**mean_of(l_metrics), **agree, **r_metrics,                  # 7. log
-                       **sample_metrics(samples, rewards, G),
-                       "data/skipped_rows": float(sum(skipped.values())),
-                       "time/generate_s": t_gen, "time/learn_s": t_learn,
-                       "time/sync_s": time.monotonic() - t2,
-                       "time/step_s": time.monotonic() - t0}
-            logger.log(step, metrics)
-            bar.update(step, metrics)
-            if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                checkpoint.save(learner, run_dir, step + 1, stream.state())
 
-    checkpoint.save(learner, run_dir, cfg.trainer.total_steps, stream.state())
-    learner.export(str(run_dir / "final_model"))
-    tokenizer.save_pretrained(run_dir / "final_model")
-    logger.close()
-    rewarder.shutdown()
-    print(f"done: metrics in {run_dir / 'metrics.jsonl'}, policy in {run_dir / 'final_model'}")
+def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[str, float]:
+    """π_old, then one optimizer step per minibatch (off-policy rounds after the first)."""
+    old, agree = learner.old_logprobs(items)
+    if A.old_logprobs == "rollout":
+        old = [it.rollout_logprobs for it in items]
+    kwargs = {"eps_low": A.eps_low, "eps_high": A.eps_high, "normalization": A.normalization}
+    mb = -(-len(items) // A.num_minibatches)
+    rounds = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, kwargs)
+              for k in range(0, len(items), mb)]
+    out = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
+    out["is_weight/max"] = max(r["is_weight/max"] for r in rounds)
+    return {**out, **agree}
+
+
+def finish(cfg: DictConfig, p: Parts) -> None:
+    total = cfg.trainer.total_steps
+    if p.start < total or not (p.run_dir / "checkpoints" / f"step_{total}").exists():
+        checkpoint.save(p.learner, p.run_dir, total, p.stream.state())
+    p.learner.export(str(p.run_dir / "final_model"))
+    p.tokenizer.save_pretrained(p.run_dir / "final_model")
+    p.logger.close()
+    p.rewarder.shutdown()
+    print(f"done: metrics in {p.run_dir / 'metrics.jsonl'}, policy in {p.run_dir / 'final_model'}")
 
 
 def start_ray(cfg: DictConfig) -> None:
@@ -110,10 +145,10 @@ def start_ray(cfg: DictConfig) -> None:
 def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     out = []
     for s in samples:
-        p = batch[s.prompt_index]
+        q = batch[s.prompt_index]
         out.append({"completion": tokenizer.decode(s.response_ids, skip_special_tokens=True),
-                    "reference": p.reference, "prompt": p.text, "data_source": p.data_source,
-                    "metadata": p.row})
+                    "reference": q.reference, "prompt": q.text, "data_source": q.data_source,
+                    "metadata": q.row})
     return out
 
 
@@ -126,17 +161,6 @@ def sample_metrics(samples, rewards: list[float], G: int) -> dict[str, float]:
             "response/length_max": float(max(lengths)),
             "response/finish_stop": sum(s.finish_reason == "stop" for s in samples) / n,
             "response/finish_length": sum(s.finish_reason == "length" for s in samples) / n}
-
-
-def to_train_items(samples, advantages: list[float]) -> list[TrainItem]:
-    return [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
-            for s, a in zip(samples, advantages, strict=True)]
-
-
-def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
-    out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-    out["is_weight/max"] = max(r["is_weight/max"] for r in rows)
-    return out
 
 
 def cli() -> None:
