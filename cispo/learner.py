@@ -121,8 +121,9 @@ class LearnerWorker:
     def _token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from cispo.ops.logprobs import token_logprobs
 
-        logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], self.temperature)
+        ids = batch["input_ids"].to(self.engine.device)
+        logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
+        return token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
 
     @torch.no_grad()
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
@@ -131,7 +132,7 @@ class LearnerWorker:
         out: list[list[float]] = []
         s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff"), 0.0)
         for batch in self._micro_batches(items, None):
-            lp = self._token_logprobs(batch)
+            lp = self._token_logprobs(batch).cpu()
             m = batch["mask"] > 0
             x, y = lp[m].double(), batch["rollout_logprobs"][m].double()
             s["n"] += float(m.sum())
@@ -158,8 +159,9 @@ class LearnerWorker:
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0}
         for batch in self._micro_batches(items, old):
             lp = self._token_logprobs(batch)
-            loss, m = policy_loss(loss_name, lp, batch["old_logprobs"], batch["advantages"],
-                                  batch["mask"], token_count=per_rank_tokens, **loss_kwargs)
+            dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
+            loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
+                                  dev["mask"], token_count=per_rank_tokens, **loss_kwargs)
             # scale_wrt_gas=False: the loss is already normalised by the token count.
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()

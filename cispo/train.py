@@ -75,6 +75,9 @@ class Parts:
 
 def build(cfg: DictConfig) -> Parts:
     """Everything the loop needs, cheapest user-fixable checks first; restores a checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
     torch.manual_seed(cfg.trainer.seed)
@@ -127,7 +130,18 @@ def finish(cfg: DictConfig, p: Parts) -> None:
     p.tokenizer.save_pretrained(p.run_dir / "final_model")
     p.logger.close()
     p.rewarder.shutdown()
-    print(f"done: metrics in {p.run_dir / 'metrics.jsonl'}, policy in {p.run_dir / 'final_model'}")
+    print(summary(p.run_dir))
+
+
+def summary(run_dir: Path) -> str:
+    import json
+
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    r = [row["reward/mean"] for row in rows]
+    k = min(20, len(r))
+    return (f"done: {len(r)} steps; mean reward {sum(r[:k]) / k:.3f} over the first {k} steps, "
+            f"{sum(r[-k:]) / k:.3f} over the last {k}\n"
+            f"  metrics: {run_dir / 'metrics.jsonl'}\n  policy:  {run_dir / 'final_model'}")
 
 
 def start_ray(cfg: DictConfig) -> None:

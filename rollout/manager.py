@@ -18,7 +18,8 @@ class RolloutManager:
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         self.workers = [
             GenerationWorker.options(name=None, **opts).remote(
-                cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code)
+                cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code,
+                "cuda" if cfg.num_gpus_per_worker > 0 else "cpu")
             for _ in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import ray
 import torch
 
@@ -15,9 +13,8 @@ from rollout.types import Sample, SamplingParams
 @ray.remote
 class GenerationWorker:
     def __init__(self, engine: str, model_path: str, dtype: str, torch_threads: int,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, device: str = "cpu"):
         setup_actor(torch_threads)
-        device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
         self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code)
 
     def ready(self) -> bool:
