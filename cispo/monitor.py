@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ class RunLogger:
             import wandb
 
             id_file = Path(run_dir) / "wandb_run_id"  # one W&B run across resumes
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, mode=mode,
                                   dir=str(run_dir), config=config_dict, id=run_id,
