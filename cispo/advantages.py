@@ -23,28 +23,42 @@ def register_advantage(name: str):
     return deco
 
 
-def compute_advantages(name: str, rewards: torch.Tensor, group_size: int, **kwargs) -> torch.Tensor:
+def compute_advantages(name: str, rewards: torch.Tensor, group_size: int,
+                       valid: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Advantages [N]. `valid` [N] bool marks scored samples; the others (a reward returned None:
+    skip) take no part in their group's statistics and get advantage 0."""
     if name not in ADVANTAGES:
         raise KeyError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGES)}")
     if rewards.dim() != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} "
                          f"entries, got shape {tuple(rewards.shape)}")
-    return ADVANTAGES[name](rewards, group_size, **kwargs)
+    if valid is None:
+        valid = torch.ones_like(rewards, dtype=torch.bool)
+    return ADVANTAGES[name](rewards, group_size, valid, **kwargs)
 
 
 @register_advantage("group_norm")
-def group_norm(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+def group_norm(rewards: torch.Tensor, group_size: int, valid: torch.Tensor,
+               eps: float = 1e-6) -> torch.Tensor:
     """Â_i = (R_i − mean_j R_j) / (std_j R_j + eps) within each group (M1 / GRPO).
 
-    std is the population std over the G samples (the formula's std_j); a group whose rewards
-    are all equal gets advantage 0 for every sample (it carries no signal).
+    std is the population std over the group's valid samples (the formula's std_j); a group
+    whose rewards are all equal gets advantage 0 for every sample (it carries no signal).
     """
-    r = rewards.reshape(-1, group_size).to(torch.float64 if rewards.dtype == torch.float64 else torch.float32)
-    mean = r.mean(dim=1, keepdim=True)
-    std = r.std(dim=1, keepdim=True, unbiased=False)
-    return ((r - mean) / (std + eps)).reshape(-1)
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.reshape(-1, group_size).to(dtype)
+    v = valid.reshape(-1, group_size).to(dtype)
+    n = v.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (r * v).sum(dim=1, keepdim=True) / n
+    std = (((r - mean) ** 2 * v).sum(dim=1, keepdim=True) / n).sqrt()
+    return ((r - mean) / (std + eps) * v).reshape(-1)
 
 
-def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
+def zero_variance_fraction(rewards: torch.Tensor, group_size: int,
+                           valid: torch.Tensor | None = None) -> float:
+    """Share of groups whose valid rewards are all equal (they carry no learning signal)."""
     r = rewards.reshape(-1, group_size)
-    return float((r.max(dim=1).values == r.min(dim=1).values).float().mean())
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.reshape(-1, group_size)
+    hi = torch.where(v, r, torch.full_like(r, -torch.inf)).max(dim=1).values
+    lo = torch.where(v, r, torch.full_like(r, torch.inf)).min(dim=1).values
+    return float(((hi == lo) | ~v.any(dim=1)).float().mean())

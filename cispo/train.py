@@ -41,15 +41,17 @@ def main(cfg: DictConfig) -> None:
             batch = p.stream.next_batch(cfg.rollout.prompts_per_step)                 # 1. prompts
             samples = p.rollout.generate([q.token_ids for q in batch], seed=step)     # 2. rollout
             t_gen = time.monotonic() - t0
-            rewards, r_metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))  # 3.
-            adv = compute_advantages(A.advantage, torch.tensor(rewards), G, eps=A.advantage_eps)
-            items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)           # 4. advantages
-                     for s, a in zip(samples, adv.tolist(), strict=True)]
+            scores, r_metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))  # 3.
+            valid = torch.tensor([x is not None for x in scores])                     # None: skip
+            rewards = torch.tensor([0.0 if x is None else float(x) for x in scores])
+            adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)  # 4.
+            items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
+                     for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
             t1 = time.monotonic()
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
             p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
-            metrics = {**l_metrics, **r_metrics, **sample_metrics(samples, rewards, G),  # 7. log
+            metrics = {**l_metrics, **r_metrics, **sample_metrics(samples, rewards, valid, G),  # 7.
                        "data/skipped_rows": float(p.skipped_rows), "time/generate_s": t_gen,
                        "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
                        "time/step_s": time.monotonic() - t0}
@@ -110,6 +112,10 @@ def build(cfg: DictConfig) -> Parts:
 
 def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[str, float]:
     """π_old, then one optimizer step per minibatch (off-policy rounds after the first)."""
+    if not items:  # every reward of the step said "skip": nothing to learn from
+        log.warning("no scored samples this step; skipping the update")
+        return dict.fromkeys(("loss/policy", "is_weight/mean", "is_weight/clip_frac",
+                              "is_weight/max", "grad/norm"), float("nan"))
     old, agree = learner.old_logprobs(items)
     if A.old_logprobs == "rollout":
         old = [it.rollout_logprobs for it in items]
@@ -166,11 +172,12 @@ def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     return out
 
 
-def sample_metrics(samples, rewards: list[float], G: int) -> dict[str, float]:
+def sample_metrics(samples, rewards: torch.Tensor, valid: torch.Tensor, G: int) -> dict[str, float]:
     lengths = [len(s.response_ids) for s in samples]
     n = len(samples)
-    return {"reward/mean": sum(rewards) / n,
-            "reward/zero_variance_groups": zero_variance_fraction(torch.tensor(rewards), G),
+    return {"reward/mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+            "reward/skipped": float((~valid).sum()),
+            "reward/zero_variance_groups": zero_variance_fraction(rewards, G, valid),
             "response/length_mean": sum(lengths) / n,
             "response/length_max": float(max(lengths)),
             "response/finish_stop": sum(s.finish_reason == "stop" for s in samples) / n,

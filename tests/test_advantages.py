@@ -21,3 +21,18 @@ def test_bad_shapes():
         compute_advantages("group_norm", torch.zeros(5), group_size=4)
     with pytest.raises(KeyError):
         compute_advantages("nope", torch.zeros(4), group_size=4)
+
+
+def test_skipped_samples_take_no_part_float64():
+    r = torch.tensor([1.0, 0.0, 7.0, 0.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True])
+    adv = compute_advantages("group_norm", r, group_size=4, valid=valid, eps=1e-12)
+    kept = [1.0, 0.0, 0.0]
+    mean = sum(kept) / 3
+    std = (sum((x - mean) ** 2 for x in kept) / 3) ** 0.5
+    assert adv[2].item() == 0.0  # the skipped sample: no advantage, its 7.0 ignored
+    for i, x in zip([0, 1, 3], kept, strict=True):
+        assert adv[i].item() == pytest.approx((x - mean) / (std + 1e-12), rel=1e-12)
+    # a group whose only valid rewards are equal carries no signal
+    assert zero_variance_fraction(torch.tensor([1.0, 0.0, 1.0, 1.0]), 4,
+                                  torch.tensor([True, False, True, True])) == 1.0
