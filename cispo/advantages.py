@@ -62,3 +62,26 @@ def zero_variance_fraction(rewards: torch.Tensor, group_size: int,
     hi = torch.where(v, r, torch.full_like(r, -torch.inf)).max(dim=1).values
     lo = torch.where(v, r, torch.full_like(r, torch.inf)).min(dim=1).values
     return float(((hi == lo) | ~v.any(dim=1)).float().mean())
+
+
+@register_advantage("group_mean")
+def group_mean(rewards: torch.Tensor, group_size: int, valid: torch.Tensor) -> torch.Tensor:
+    """Â_i = R_i − mean_j R_j (Dr. GRPO: no division by the std, which favours easy and hard
+    prompts over the ones in between)."""
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.reshape(-1, group_size).to(dtype)
+    v = valid.reshape(-1, group_size).to(dtype)
+    mean = (r * v).sum(dim=1, keepdim=True) / v.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return ((r - mean) * v).reshape(-1)
+
+
+@register_advantage("rloo")
+def rloo(rewards: torch.Tensor, group_size: int, valid: torch.Tensor) -> torch.Tensor:
+    """Â_i = R_i − mean_{j≠i} R_j (REINFORCE leave-one-out); a sample alone in its group gets 0."""
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.reshape(-1, group_size).to(dtype)
+    v = valid.reshape(-1, group_size).to(dtype)
+    total = (r * v).sum(dim=1, keepdim=True)
+    others = (v.sum(dim=1, keepdim=True) - 1.0)
+    baseline = (total - r * v) / others.clamp(min=1.0)
+    return torch.where((v > 0) & (others > 0), r - baseline, torch.zeros_like(r)).reshape(-1)

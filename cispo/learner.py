@@ -148,7 +148,7 @@ class LearnerWorker:
         return out[:len(items)], s
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
-                        loss_kwargs: dict, global_tokens: float) -> dict[str, float]:
+                        loss_kwargs: dict, global_tokens: float, global_samples: float) -> dict[str, float]:
         """One optimizer step over this rank's share of a minibatch."""
         from cispo.loss import policy_loss
 
@@ -156,12 +156,14 @@ class LearnerWorker:
         # DeepSpeed averages gradients over ranks; dividing by global_tokens / W makes the
         # result the gradient of the loss normalised by the whole minibatch's token count.
         per_rank_tokens = global_tokens / self.world_size
+        per_rank_samples = global_samples / self.world_size
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0}
         for batch in self._micro_batches(items, old):
             lp = self._token_logprobs(batch)
             dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
-                                  dev["mask"], token_count=per_rank_tokens, **loss_kwargs)
+                                  dev["mask"], token_count=per_rank_tokens,
+                                  sample_count=per_rank_samples, **loss_kwargs)
             # scale_wrt_gas=False: the loss is already normalised by the token count.
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()
@@ -233,7 +235,7 @@ class LearnerGroup:
                         loss_kwargs: dict) -> dict[str, float]:
         tokens = float(sum(len(it.response_ids) for it in items))
         shards, olds = self._shards(items), self._shards(old)
-        parts = ray.get([w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens)
+        parts = ray.get([w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
                          for w, s, o in zip(self.workers, shards, olds, strict=True)])
         t = max(sum(p["tokens"] for p in parts), 1.0)
         return {"loss/policy": sum(p["loss"] for p in parts),

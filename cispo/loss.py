@@ -6,6 +6,10 @@
 Shapes: `logprobs`, `old_logprobs`, `mask` are [N, T] (N sequences, T response positions);
 `advantages` is [N] (one per sequence, broadcast over its tokens) or [N, T]. The learner calls
 this without knowing which algorithm it runs; new losses register with `@register_loss`.
+
+Every loss accepts `token_count` and `sample_count`: the token and sequence totals of the whole
+batch when a call sees only part of it (a micro-batch, one data-parallel rank), so the parts sum
+to the loss of the whole batch. Losses: cispo (M1), ppo_clip (dual clip), dapo, grpo.
 """
 
 from __future__ import annotations
@@ -48,26 +52,97 @@ def _denominator(mask: torch.Tensor, normalization: str, token_count: float | No
     return total.clamp(min=1.0)
 
 
-@register_loss("cispo")
-def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-               mask: torch.Tensor, *, eps_low: float = 1.0, eps_high: float = 0.28,
-               normalization: str = "token", token_count: float | None = None):
-    """CISPO (MiniMax-M1, Eq. 4): L = -1/Σ|o_i| · Σ sg(clip(r, 1-eps_low, 1+eps_high)) · Â · log π.
-
-    The importance weight r = π/π_old is clipped and detached; every unmasked token keeps the
-    gradient of log π (PPO would drop the clipped ones).
-    """
-    with torch.no_grad():
-        ratio = torch.exp(logprobs - old_logprobs)
-        weight = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-        clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(mask.dtype)
-    denom = _denominator(mask, normalization, token_count)
-    loss = -(weight * advantages * logprobs * mask).sum() / denom
+def _ratio_metrics(ratio: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     n = mask.sum().clamp(min=1.0)
-    metrics = {
+    return {
         "is_weight/mean": float((ratio * mask).sum() / n),
         "is_weight/clip_frac": float((clipped * mask).sum() / n),
         "is_weight/max": float(torch.where(mask > 0, ratio, torch.zeros_like(ratio)).max()) if mask.any() else 0.0,
         "tokens": float(mask.sum()),
     }
-    return loss, metrics
+
+
+@register_loss("cispo")
+def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+               mask: torch.Tensor, *, eps_low: float = 1.0, eps_high: float = 0.28,
+               normalization: str = "token", token_count: float | None = None,
+               sample_count: float | None = None, trust_region_mask: bool = False):
+    """CISPO (MiniMax-M1, Eq. 4): L = -1/Σ|o_i| · Σ sg(clip(r, 1-eps_low, 1+eps_high)) · Â · log π.
+
+    The importance weight r = π/π_old is clipped and detached; every unmasked token keeps the
+    gradient of log π (PPO would drop the clipped ones). `trust_region_mask=True` multiplies by
+    the report's Eq. 7 mask M_it, which reproduces PPO's trust region: M=0 where Â>0 and
+    r>1+eps_high, or Â<0 and r<1-eps_low (standard CISPO: off). Dropped tokens still count in
+    the normaliser, as in the unified formula.
+    """
+    with torch.no_grad():
+        ratio = torch.exp(logprobs - old_logprobs)
+        weight = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+        clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(mask.dtype)
+        if trust_region_mask:
+            drop = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps_low))
+            weight = weight * (~drop).to(weight.dtype)
+    denom = _denominator(mask, normalization, token_count)
+    loss = -(weight * advantages * logprobs * mask).sum() / denom
+    return loss, _ratio_metrics(ratio, clipped, mask)
+
+
+def _ppo_clip_terms(logprobs, old_logprobs, advantages, eps_low, eps_high, dual_clip):
+    """Per-token PPO objective (to minimise) and which tokens were clipped."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped_obj = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped_obj)
+    if dual_clip is not None:  # Ye et al. 2020: bound the loss of negative-advantage tokens
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, -dual_clip * advantages),
+                                per_token)
+    with torch.no_grad():
+        clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(logprobs.dtype)
+    return per_token, ratio.detach(), clipped
+
+
+def _sample_mean(per_token: torch.Tensor, mask: torch.Tensor, sample_count: float | None) -> torch.Tensor:
+    """Mean over each sequence's tokens, then over sequences (GRPO's normalisation).
+    sample_count: the batch's number of sequences when this call holds part of it."""
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    has = (mask.sum(-1) > 0).to(per_token.dtype)
+    n = has.sum() if sample_count is None else torch.as_tensor(sample_count, dtype=per_token.dtype)
+    return (per_seq * has).sum() / n.clamp(min=1.0)
+
+
+@register_loss("ppo_clip")
+def ppo_clip_loss(logprobs, old_logprobs, advantages, mask, *, eps_low: float = 0.2,
+                  eps_high: float = 0.2, dual_clip: float | None = 3.0,
+                  normalization: str = "token", token_count: float | None = None,
+                  sample_count: float | None = None):
+    """PPO-clip, L = -min(r·Â, clip(r, 1-eps_low, 1+eps_high)·Â), with dual clip c (default 3,
+    None: off) for Â<0. Clipped tokens get no gradient. Token-level normalisation."""
+    per_token, ratio, clipped = _ppo_clip_terms(logprobs, old_logprobs, advantages, eps_low,
+                                                eps_high, dual_clip)
+    loss = (per_token * mask).sum() / _denominator(mask, normalization, token_count)
+    return loss, _ratio_metrics(ratio, clipped, mask)
+
+
+@register_loss("dapo")
+def dapo_loss(logprobs, old_logprobs, advantages, mask, *, eps_low: float = 0.2,
+              eps_high: float = 0.28, normalization: str = "token", token_count: float | None = None,
+              sample_count: float | None = None):
+    """DAPO: PPO-clip with clip-higher (eps_high 0.28 > eps_low 0.2) and token-level
+    normalisation over the batch; no dual clip, no KL."""
+    return ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps_low=eps_low,
+                         eps_high=eps_high, dual_clip=None, normalization=normalization,
+                         token_count=token_count)
+
+
+@register_loss("grpo")
+def grpo_loss(logprobs, old_logprobs, advantages, mask, *, eps_low: float = 0.2,
+              eps_high: float = 0.2, normalization: str = "sample",
+              token_count: float | None = None, sample_count: float | None = None):
+    """GRPO (DeepSeekMath): PPO-clip per token, averaged over each response's tokens and then
+    over responses (sample-level normalisation); the KL term is left out, as M1 uses none.
+    `sample_count`: the batch's number of responses when this call holds part of it."""
+    if normalization != "sample":
+        raise ValueError("grpo normalises per sample; use dapo for token-level normalisation")
+    per_token, ratio, clipped = _ppo_clip_terms(logprobs, old_logprobs, advantages, eps_low,
+                                                eps_high, None)
+    return _sample_mean(per_token, mask, sample_count), _ratio_metrics(ratio, clipped, mask)

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cispo.advantages import compute_advantages, zero_variance_fraction
 
@@ -36,3 +38,25 @@ def test_skipped_samples_take_no_part_float64():
     # a group whose only valid rewards are equal carries no signal
     assert zero_variance_fraction(torch.tensor([1.0, 0.0, 1.0, 1.0]), 4,
                                   torch.tensor([True, False, True, True])) == 1.0
+
+
+def test_group_mean_and_rloo_float64():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 5.0], dtype=torch.float64)
+    gm = compute_advantages("group_mean", r, group_size=3)
+    assert gm.tolist() == pytest.approx([1 - 1 / 3, -1 / 3, -1 / 3, 1 - 8 / 3, 2 - 8 / 3, 5 - 8 / 3])
+    lo = compute_advantages("rloo", r, group_size=3)
+    assert lo.tolist() == pytest.approx([1 - 0.0, 0 - 0.5, 0 - 0.5, 1 - 3.5, 2 - 3.0, 5 - 1.5])
+    # a sample alone among valid ones has no baseline: 0; skipped samples get 0
+    v = torch.tensor([True, False, False, True, True, True])
+    lo = compute_advantages("rloo", r, group_size=3, valid=v)
+    assert lo[:3].tolist() == [0.0, 0.0, 0.0]
+
+
+@given(st.lists(st.floats(-10, 10), min_size=4, max_size=4), st.sampled_from(["group_norm", "group_mean", "rloo"]))
+def test_advantages_are_shift_invariant_and_zero_for_equal_groups(rs, name):
+    r = torch.tensor(rs, dtype=torch.float64)
+    a = compute_advantages(name, r, group_size=4)
+    b = compute_advantages(name, r + 3.0, group_size=4)
+    assert torch.allclose(a, b, atol=1e-9)
+    flat = compute_advantages(name, torch.full((4,), rs[0], dtype=torch.float64), group_size=4)
+    assert torch.all(flat.abs() < 1e-12)  # rloo: (4x − x)/3 − x rounds to ~1e-17, not 0
