@@ -110,7 +110,10 @@ class AlgorithmConfig:
     # 0.28 is DAPO's clip-higher value, a common starting point.
     eps_low: float = 1.0
     eps_high: float = 0.28
-    normalization: str = "token"  # divide by all unmasked tokens of the batch (M1)
+    normalization: str = "token"  # divide by all unmasked tokens of the batch (M1); grpo: sample
+    # further keyword arguments of the loss, e.g. {trust_region_mask: true} (cispo, Eq. 7) or
+    # {dual_clip: 3.0} (ppo_clip); see docs/loss.md
+    loss_options: dict[str, Any] = field(default_factory=dict)
     advantage: str = "group_norm"  # registry name (cispo.advantages)
     advantage_eps: float = 1e-6  # added to the group std
     # off-policy rounds: minibatch updates per generation batch (M1: up to 16)

@@ -119,7 +119,8 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
     old, agree = learner.old_logprobs(items)
     if A.old_logprobs == "rollout":
         old = [it.rollout_logprobs for it in items]
-    kwargs = {"eps_low": A.eps_low, "eps_high": A.eps_high, "normalization": A.normalization}
+    kwargs = {"eps_low": A.eps_low, "eps_high": A.eps_high, "normalization": A.normalization,
+              **A.loss_options}
     mb = -(-len(items) // A.num_minibatches)
     rounds = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, kwargs)
               for k in range(0, len(items), mb)]
