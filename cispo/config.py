@@ -72,6 +72,13 @@ class RolloutConfig:
     temperature: float = 1.0  # M1 sampled at 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+    # M1's repetition early stop: end a response once this many consecutive sampled tokens each
+    # had p > repetition_threshold (finish reason "repetition"); 0 = off
+    repetition_window: int = 3000  # M1 report
+    repetition_threshold: float = 0.99  # M1 report
+    # reward given to repetition-stopped responses instead of scoring them; null = score them
+    repetition_reward: float | None = 0.0  # default: treat as failed
+    max_restarts: int = 3  # Ray restarts of a crashed generation worker (its prompts are resent)
     num_cpus_per_worker: float = 1.0  # Ray resources per worker
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 1  # intra-op threads per worker on CPU

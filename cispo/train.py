@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
             samples = p.rollout.generate([q.token_ids for q in batch], seed=step)     # 2. rollout
             t_gen = time.monotonic() - t0
             scores, r_metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))  # 3.
+            scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
             valid = torch.tensor([x is not None for x in scores])                     # None: skip
             rewards = torch.tensor([0.0 if x is None else float(x) for x in scores])
             adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)  # 4.
@@ -53,6 +54,7 @@ def main(cfg: DictConfig) -> None:
             p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
             metrics = {**l_metrics, **r_metrics, **sample_metrics(samples, rewards, valid, G),  # 7.
                        "data/skipped_rows": float(p.skipped_rows), "time/generate_s": t_gen,
+                       "rollout/worker_restarts": float(p.rollout.restarts),
                        "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
                        "time/step_s": time.monotonic() - t0}
             p.logger.log(step, metrics)
@@ -173,6 +175,13 @@ def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     return out
 
 
+def repetition_policy(samples, scores: list, reward: float | None) -> list:
+    """Responses cut by the repetition stop score `reward` (default 0: failed) unless it is None."""
+    if reward is None:
+        return scores
+    return [reward if s.finish_reason == "repetition" else x for s, x in zip(samples, scores, strict=True)]
+
+
 def sample_metrics(samples, rewards: torch.Tensor, valid: torch.Tensor, G: int) -> dict[str, float]:
     lengths = [len(s.response_ids) for s in samples]
     n = len(samples)
@@ -182,7 +191,8 @@ def sample_metrics(samples, rewards: torch.Tensor, valid: torch.Tensor, G: int) 
             "response/length_mean": sum(lengths) / n,
             "response/length_max": float(max(lengths)),
             "response/finish_stop": sum(s.finish_reason == "stop" for s in samples) / n,
-            "response/finish_length": sum(s.finish_reason == "length" for s in samples) / n}
+            "response/finish_length": sum(s.finish_reason == "length" for s in samples) / n,
+            "response/finish_repetition": sum(s.finish_reason == "repetition" for s in samples) / n}
 
 
 def cli() -> None:

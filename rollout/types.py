@@ -12,6 +12,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int = 0
+    repetition_window: int = 0  # 0 = off; M1: 3000
+    repetition_threshold: float = 0.99  # M1
 
 
 @dataclass

@@ -17,12 +17,23 @@ class GenerationWorker:
         setup_actor(torch_threads)
         self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code)
 
-    def ready(self) -> bool:
-        return True
+        self.version = 0  # which weight sync this worker holds; 0 = the initial checkpoint
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def ready(self) -> int:
+        return self.version
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.engine.load_state_dict(state_dict)
+        self.version = version
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
-                 first_index: int) -> list[Sample]:
+                 first_index: int, version: int) -> list[Sample]:
+        # A worker Ray restarted after a crash comes back with the initial weights: refuse, so
+        # the manager re-syncs it instead of silently sampling from a stale policy.
+        if version != self.version:
+            raise StaleWeights(f"worker holds weights v{self.version}, step needs v{version}")
         return self.engine.generate(prompts, group_size, params, first_index)
+
+
+class StaleWeights(RuntimeError):
+    pass

@@ -29,7 +29,9 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
                  first_index: int = 0) -> list[Sample]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        from rollout.repetition import RepetitionStop
 
         rows = [p for p in prompts for _ in range(group_size)]
         width = max(len(p) for p in rows)
@@ -43,9 +45,11 @@ class HFEngine:
             top_p=params.top_p, top_k=params.top_k or None, pad_token_id=self.pad_id,
             eos_token_id=self.eos_id, output_scores=True, return_dict_in_generate=True,
         )
+        rep = RepetitionStop(params.repetition_window, params.repetition_threshold)
+        stops = StoppingCriteriaList([rep] if params.repetition_window > 0 else [])
         torch.manual_seed(params.seed)
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
-                                  generation_config=gen)
+                                  generation_config=gen, stopping_criteria=stops)
         new = out.sequences[:, width:].cpu()
         # scores: the processed logits each token was sampled from (temperature, top-k/p applied)
         steps = torch.stack(out.scores, dim=1).float().cpu()  # [B, T, V]
@@ -53,8 +57,11 @@ class HFEngine:
         samples = []
         for i, p in enumerate(rows):
             toks = new[i].tolist()
-            if self.eos_id in toks:
+            n_rep = rep.stopped_at[i] - width if i in rep.stopped_at else None
+            if self.eos_id in toks[:n_rep]:  # an EOS on the stopping token still counts as EOS
                 n, reason = toks.index(self.eos_id) + 1, "stop"
+            elif n_rep is not None:
+                n, reason = n_rep, "repetition"
             else:
                 n, reason = len(toks), "length"
             samples.append(Sample(first_index + i // group_size, list(p), toks[:n],

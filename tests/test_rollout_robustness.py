@@ -1,0 +1,69 @@
+"""Repetition early stop and generation-worker crashes."""
+
+import ray
+import torch
+from omegaconf import OmegaConf
+
+from cispo.config import RolloutConfig
+from cispo.models.build import load_tokenizer
+from rollout.engines.hf import HFEngine
+from rollout.repetition import trailing_confident_run
+from rollout.types import SamplingParams
+
+
+def _prompt(path):
+    tok = load_tokenizer(path)
+    return [tok.bos_token_id] + tok("1+2=\\boxed{", add_special_tokens=False).input_ids
+
+
+def test_repetition_stop_low_vs_high_entropy(tiny_model_path):
+    engine = HFEngine(tiny_model_path)
+    params = SamplingParams(max_new_tokens=24, seed=0, repetition_window=5, repetition_threshold=0.99)
+    cfg = engine.model.config
+    # a head whose logits ignore the input: all-zero (uniform, p = 1/V, far below 0.99), or a
+    # large bias on one token (that token with p ≈ 1 at every step: the low-entropy policy)
+    head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    engine.model.lm_head = head
+    high = engine.generate([_prompt(tiny_model_path)], 8, params)
+    # EOS is one of the V tokens, so some responses stop; none is cut for repetition
+    assert all(s.finish_reason in ("length", "stop") for s in high)
+    assert any(len(s.response_ids) == 24 for s in high)
+    with torch.no_grad():
+        head.bias[7] = 50.0
+    low = engine.generate([_prompt(tiny_model_path)], 8, params)
+    for s in low:
+        assert s.finish_reason == "repetition", s
+        assert s.response_ids == [7] * 5 and trailing_confident_run(s.logprobs, 0.99) == 5
+
+
+def test_trailing_confident_run():
+    import math
+
+    lp = [math.log(0.5), math.log(0.995), math.log(0.999), math.log(0.991)]
+    assert trailing_confident_run(lp, 0.99) == 3
+    assert trailing_confident_run(lp + [math.log(0.9)], 0.99) == 0
+
+
+def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_path):
+    from cispo.models.build import load_model
+    from rollout.manager import RolloutManager
+
+    cfg = OmegaConf.structured(RolloutConfig(num_workers=2, group_size=2, max_new_tokens=4,
+                                             num_cpus_per_worker=1, max_restarts=2))
+    mgr = RolloutManager(cfg, tiny_model_path)
+    try:
+        sd = {k: v + 0.01 for k, v in load_model(tiny_model_path).state_dict().items()}
+        mgr.sync_weights(ray.put(sd))  # workers now hold v1, not the checkpoint on disk
+        prompts = [_prompt(tiny_model_path)] * 4
+        expected = mgr.generate(prompts, seed=3)
+        ray.kill(mgr.workers[0], no_restart=False)  # crash; Ray restarts it with stale weights
+        got = mgr.generate(prompts, seed=3)
+        assert mgr.restarts >= 1
+        assert [(s.prompt_index, s.response_ids) for s in got] == \
+            [(s.prompt_index, s.response_ids) for s in expected]
+        assert [s.logprobs for s in got] == [s.logprobs for s in expected]
+    finally:
+        mgr.shutdown()
