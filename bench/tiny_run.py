@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["time/generate_s", "time/reward_s", "time/learn_s", "time/sync_s", "time/step_s"]
+# time/generate_s: runs before dynamic sampling, when rollout and reward were timed apart
+STAGES = ["time/generate_s", "time/rollout_s", "time/reward_s", "time/learn_s", "time/sync_s",
+          "time/step_s"]
 
 
 def summarise(run_dir: Path, wall_s: float | None) -> dict:
@@ -59,7 +61,7 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "overrides": args.overrides, "results": results}, indent=2))
-    cols = ["steps", "wall_s", "median_step_s", "median_generate_s", "median_reward_s",
+    cols = ["steps", "wall_s", "median_step_s", "median_rollout_s", "median_reward_s",
             "median_learn_s", "median_sync_s", "reward_first20", "reward_last20", "reward_ratio"]
     print(" | ".join(cols))
     for r in results:

@@ -123,6 +123,10 @@ class AlgorithmConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     advantage: str = "group_norm"  # registry name (cispo.advantages)
     advantage_eps: float = 1e-6  # added to the group std
+    # DAPO's dynamic sampling (M1 uses it): drop groups whose rewards are all equal and refill
+    # with new prompts, up to max_sampling_rounds generation rounds per step
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     # off-policy rounds: minibatch updates per generation batch (M1: up to 16)
     num_minibatches: int = 1
     # the pi_old in r = pi/pi_old: "learner" recomputes it before the update; "rollout" uses

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ import ray
 import torch
 from omegaconf import DictConfig
 
-from cispo import checkpoint, data
+from cispo import checkpoint, data, sampling
 from cispo.advantages import compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
 from cispo.learner import LearnerGroup, TrainItem
@@ -38,13 +39,13 @@ def main(cfg: DictConfig) -> None:
     with Progress(cfg.trainer.total_steps, p.start, cfg.logging.progress) as bar:
         for step in range(p.start, cfg.trainer.total_steps):
             t0 = time.monotonic()
-            batch = p.stream.next_batch(cfg.rollout.prompts_per_step)                 # 1. prompts
-            samples = p.rollout.generate([q.token_ids for q in batch], seed=step)     # 2. rollout
+            groups, s_metrics = sampling.collect(            # 1-3. prompts → rollout → reward
+                cfg.rollout.prompts_per_step, p.stream.next_batch, partial(generate, p, step),
+                partial(score, p, cfg), G, A.dynamic_sampling, A.max_sampling_rounds)
+            _, samples, scores = sampling.flatten(groups)
             t_gen = time.monotonic() - t0
-            scores, r_metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))  # 3.
-            scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
-            valid = torch.tensor([x is not None for x in scores])                     # None: skip
-            rewards = torch.tensor([0.0 if x is None else float(x) for x in scores])
+            valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)   # None: skip
+            rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
             adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)  # 4.
             items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
                      for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
@@ -52,8 +53,9 @@ def main(cfg: DictConfig) -> None:
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
             p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
-            metrics = {**l_metrics, **r_metrics, **sample_metrics(samples, rewards, valid, G),  # 7.
-                       "data/skipped_rows": float(p.skipped_rows), "time/generate_s": t_gen,
+            metrics = {**l_metrics, **merge_rounds(p.reward_rounds), **s_metrics,        # 7. log
+                       **sample_metrics(samples, rewards, valid, G),
+                       "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": t_gen,
                        "rollout/worker_restarts": float(p.rollout.restarts),
                        "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
                        "time/step_s": time.monotonic() - t0}
@@ -75,6 +77,7 @@ class Parts:
     learner: LearnerGroup
     rollout: RolloutManager
     logger: RunLogger
+    reward_rounds: list = field(default_factory=list)  # this step's reward metrics, per round
 
 
 def build(cfg: DictConfig) -> Parts:
@@ -117,7 +120,8 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
     if not items:  # every reward of the step said "skip": nothing to learn from
         log.warning("no scored samples this step; skipping the update")
         return dict.fromkeys(("loss/policy", "is_weight/mean", "is_weight/clip_frac",
-                              "is_weight/max", "grad/norm"), float("nan"))
+                              "is_weight/max", "grad/norm", "logprob/train_rollout_pearson",
+                              "logprob/train_rollout_abs_diff"), float("nan"))
     old, agree = learner.old_logprobs(items)
     if A.old_logprobs == "rollout":
         old = [it.rollout_logprobs for it in items]
@@ -175,6 +179,30 @@ def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     return out
 
 
+def generate(p: Parts, step: int, batch: list, round_index: int) -> list:
+    """G responses per prompt from the generation workers, seeded by step and sampling round."""
+    return p.rollout.generate([q.token_ids for q in batch], seed=sampling.round_seed(step, round_index))
+
+
+def score(p: Parts, cfg: DictConfig, batch: list, samples: list) -> list:
+    """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy."""
+    scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+    p.reward_rounds.append(metrics)
+    return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
+
+
+def merge_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """One step's reward metrics over its sampling rounds: counts and times add up, latency
+    percentiles and running totals take the largest. Empties the list for the next step."""
+    out: dict[str, float] = {}
+    for m in rounds:
+        for k, v in m.items():
+            keep_max = "latency" in k or k.startswith("sandbox/")
+            out[k] = max(out.get(k, v), v) if keep_max else out.get(k, 0.0) + v
+    rounds.clear()
+    return out
+
+
 def repetition_policy(samples, scores: list, reward: float | None) -> list:
     """Responses cut by the repetition stop score `reward` (default 0: failed) unless it is None."""
     if reward is None:
@@ -183,8 +211,8 @@ def repetition_policy(samples, scores: list, reward: float | None) -> list:
 
 
 def sample_metrics(samples, rewards: torch.Tensor, valid: torch.Tensor, G: int) -> dict[str, float]:
-    lengths = [len(s.response_ids) for s in samples]
-    n = len(samples)
+    lengths = [len(s.response_ids) for s in samples] or [0]
+    n = max(len(samples), 1)  # 0 when dynamic sampling kept no group this step
     return {"reward/mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
             "reward/skipped": float((~valid).sum()),
             "reward/zero_variance_groups": zero_variance_fraction(rewards, G, valid),

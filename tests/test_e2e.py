@@ -1,6 +1,7 @@
 """`python -m cispo.train` as a user runs it: a short tiny run, and the bad-input paths."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def test_tiny_run_end_to_end_with_bad_rows(tmp_path):
         f.write(json.dumps({"prompt": "1+1=\\boxed{"}) + "\n")     # no reference
     run = tmp_path / "run"
     p = train("trainer.total_steps=3", "rollout.prompts_per_step=4", "rollout.group_size=4",
-              f"data.source={data}", f"run_dir={run}", "logging.progress=false")
+              f"data.source={data}", f"run_dir={run}", "logging.progress=false",
+              "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2")
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -39,7 +41,12 @@ def test_tiny_run_end_to_end_with_bad_rows(tmp_path):
         for key in REQUIRED:
             assert key in r, key
         assert r["data/skipped_rows"] == 2  # counted, not fatal
-        assert 0.0 <= r["reward/mean"] <= 1.0 and r["reward/errors"] == 0
+        assert r["reward/errors"] == 0
+        assert 1 <= r["sampling/rounds"] <= 2 and 0.0 <= r["sampling/dropped_group_frac"] <= 1.0
+        if r["sampling/short_groups"] == 4:  # a random model: often no group has any signal
+            assert math.isnan(r["loss/policy"])  # then the step learns nothing, and says so
+        else:
+            assert 0.0 <= r["reward/mean"] <= 1.0 and math.isfinite(r["loss/policy"])
     assert (run / "checkpoints" / "step_3").is_dir()
     assert list((run / "wandb").glob("offline-run-*")), "W&B offline run missing"
     from transformers import AutoModelForCausalLM
