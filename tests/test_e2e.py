@@ -32,8 +32,7 @@ def test_tiny_run_end_to_end_with_bad_rows(tmp_path):
         f.write(json.dumps({"prompt": "1+1=\\boxed{"}) + "\n")     # no reference
     run = tmp_path / "run"
     p = train("trainer.total_steps=3", "rollout.prompts_per_step=4", "rollout.group_size=4",
-              f"data.source={data}", f"run_dir={run}", "logging.progress=false",
-              "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2")
+              f"data.source={data}", f"run_dir={run}", "logging.progress=false")
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -41,18 +40,31 @@ def test_tiny_run_end_to_end_with_bad_rows(tmp_path):
         for key in REQUIRED:
             assert key in r, key
         assert r["data/skipped_rows"] == 2  # counted, not fatal
-        assert r["reward/errors"] == 0
-        assert 1 <= r["sampling/rounds"] <= 2 and 0.0 <= r["sampling/dropped_group_frac"] <= 1.0
-        if r["sampling/short_groups"] == 4:  # a random model: often no group has any signal
-            assert math.isnan(r["loss/policy"])  # then the step learns nothing, and says so
-        else:
-            assert 0.0 <= r["reward/mean"] <= 1.0 and math.isfinite(r["loss/policy"])
+        assert 0.0 <= r["reward/mean"] <= 1.0 and r["reward/errors"] == 0
+        assert math.isfinite(r["loss/policy"]) and r["sampling/rounds"] == 1
     assert (run / "checkpoints" / "step_3").is_dir()
     assert list((run / "wandb").glob("offline-run-*")), "W&B offline run missing"
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(run / "final_model")
     assert model.config.model_type == "minimax"
+
+
+@pytest.mark.docker
+def test_dynamic_sampling_step_without_signal_completes(tmp_path):
+    """A random model rarely gets a group with unequal rewards: every group is dropped, the
+    refills too, and the step must still finish, learn nothing and say so."""
+    run = tmp_path / "run"
+    p = train("trainer.total_steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
+              "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2",
+              f"run_dir={run}", "logging.progress=false", "logging.wandb_mode=disabled")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert r["sampling/rounds"] == 2 and r["sampling/groups_generated"] == 4
+    if r["sampling/short_groups"] == 2:
+        assert math.isnan(r["loss/policy"]) and r["sampling/dropped_group_frac"] == 1.0
+    else:  # a lucky draw kept a group: then it learned from it
+        assert math.isfinite(r["loss/policy"])
 
 
 def test_unknown_config_key_lists_valid_keys():
