@@ -40,6 +40,9 @@ def container_kwargs(*, kind: str, memory_mb: int, cpus: float, pids_limit: int,
         raise ValueError(f"memory_mb={memory_mb}: a sandbox needs at least 16 MB")
     return dict(
         network_mode="none",
+        # No resolver but loopback: even the host's DNS server address stays out of the box,
+        # and a lookup fails on the spot instead of being attempted anywhere.
+        dns=["127.0.0.1"],
         mem_limit=f"{memory_mb}m", memswap_limit=f"{memory_mb}m",
         pids_limit=pids_limit, nano_cpus=int(cpus * 1e9),
         cap_drop=["ALL"], security_opt=["no-new-privileges"],

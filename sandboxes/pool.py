@@ -342,6 +342,16 @@ class SandboxPool:
         self._idle.put(new)
         return ooms > 0
 
+    def wait_idle(self, timeout_s: float = 30) -> None:
+        """Wait for background resets to finish (tests and benchmarks look at a settled pool)."""
+        deadline = time.monotonic() + timeout_s
+        for t in list(self._recyclers):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def containers(self) -> list:
+        with self._lock:
+            return [sb.container for sb in self._all]
+
     def close(self) -> None:
         """Remove every container of this pool (waits for background resets first)."""
         self._closed = True
