@@ -1,8 +1,10 @@
 """Test outcomes from `pytest -rA` output (a pure function; SWE-bench's log parsing, stricter).
 
-Only the last "short test summary info" section counts, and only up to pytest's final
-"== N passed ... in X s ==" line: test output printed earlier, or by an `atexit` hook after
-pytest finished, cannot add PASSED lines. A test that is absent (never ran, crashed the run,
+Only lines inside a "short test summary info" section (up to pytest's final "== N passed ...
+in X s ==" line) count, and when a test appears in several such sections (code under test can
+print a fake one, e.g. from an `atexit` hook) its WORST outcome stands, so a forged section can
+only lose tests, never win them. Code that rewrites pytest in-process can still lie; see
+docs/sandboxes.md. A test that is absent (never ran, crashed the run,
 skipped — `-rA` prints skips without node ids) has no outcome, and callers count it as failed.
 """
 
@@ -29,18 +31,21 @@ def _node_id(rest: str) -> str:
 
 
 def parse_pytest_ra(output: str) -> dict[str, str]:
-    lines = output.splitlines()
-    starts = [i for i, line in enumerate(lines) if _HEADER.match(line)]
-    if not starts:
-        return {}
     results: dict[str, str] = {}
-    for line in lines[starts[-1] + 1:]:
+    inside = False
+    for line in output.splitlines():
+        if _HEADER.match(line):
+            inside = True
+            continue
+        if not inside:
+            continue
         if _FINAL.match(line):
-            break
+            inside = False
+            continue
         status, _, rest = line.partition(" ")
         if status not in STATUSES or not rest or rest.startswith("["):
             continue  # "SKIPPED [1] file:line: reason" names no test
         node = _node_id(rest)
-        if _RANK[status] >= _RANK.get(results.get(node, "PASSED"), 0) or node not in results:
+        if node not in results or _RANK[status] > _RANK[results[node]]:
             results[node] = status
     return results
