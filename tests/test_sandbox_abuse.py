@@ -9,7 +9,6 @@ sandbox containers beyond the pool's. No test sends traffic anywhere but loopbac
 from __future__ import annotations
 
 import hashlib
-import os
 import textwrap
 
 import pytest

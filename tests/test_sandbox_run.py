@@ -78,7 +78,7 @@ def test_testcases_verdicts():
 
 
 def test_scoring_pool_keeps_its_contract_on_the_shared_hardening():
-    from sandboxes.scoring import ScoringPool, SandboxTimeout, WorkerSpec
+    from sandboxes.scoring import SandboxTimeout, ScoringPool, WorkerSpec
 
     pool = ScoringPool(WorkerSpec(memory_mb=512), 1)
     try:
