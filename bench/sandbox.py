@@ -51,7 +51,10 @@ def bench_runs(n: int, seconds: float) -> dict:
     from sandboxes.image import DEFAULT_IMAGE
 
     res = {}
-    host = lambda: subprocess.run(["python3", "-c", "pass"], check=True)  # noqa: E731
+    # The same interpreter build as the image's (Debian bookworm's python3.11) when the host has
+    # it; a pyenv shim on PATH would add ~100 ms of bash and skew the baseline.
+    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    host = lambda: subprocess.run([py, "-c", "pass"], check=True)  # noqa: E731
     pool = run.pool_for(DEFAULT_IMAGE, 512)
     for _ in range(3):  # warm up: first execs pay for page cache and engine caches
         run.run_code("pass")
@@ -59,9 +62,12 @@ def bench_runs(n: int, seconds: float) -> dict:
 
     def warm(src, lang="python"):
         def f():
-            r = run.run_code(src, language=lang)
-            assert r.returncode == 0, r
             pool.wait_idle()  # one run at a time; the background reset is not in the latency
+            t = time.perf_counter()
+            r = run.run_code(src, language=lang)
+            dt = time.perf_counter() - t
+            assert r.returncode == 0, r
+            return dt
         return f
 
     # Paired and interleaved (host, warm, host, warm, ...): this machine is shared, so its load
@@ -69,11 +75,21 @@ def bench_runs(n: int, seconds: float) -> dict:
     host_t, warm_t = [], []
     for _ in range(n):
         host_t += timed(host, 1)
-        warm_t += timed(warm("pass"), 1)
+        warm_t.append(warm("pass")())
     res["host_python_pass_ms"] = ms(host_t)
     res["warm_python_pass_ms"] = ms(warm_t)
     res["warm_added_ms"] = ms([w - h for w, h in zip(warm_t, host_t, strict=True)])
-    res["warm_exec_true_ms"] = ms(timed(warm("true", "sh"), n))
+    res["warm_exec_true_ms"] = ms([warm("true", "sh")() for _ in range(n)])
+    # Bare interpreter start inside a sandbox (same cgroup limits), timed from inside.
+    inside = run.run_code(
+        "import subprocess, statistics, time\nts = []\nfor _ in range(N):\n"
+        "    t = time.perf_counter(); subprocess.run(['python3', '-c', 'pass'])\n"
+        "    ts.append(time.perf_counter() - t)\nprint(statistics.median(ts))\n"
+        .replace("N", str(n)),
+        timeout_s=120)
+    res["inside_python_pass_ms"] = round(float(inside.stdout) * 1000, 1)
+    res["warm_added_vs_inside_ms"] = round(res["warm_python_pass_ms"]
+                                           - res["inside_python_pass_ms"], 1)
 
     client = connect()
     kw = container_kwargs(kind="bench", memory_mb=512, cpus=1.0, pids_limit=128,
@@ -165,10 +181,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/sandbox.json")
     args = ap.parse_args()
     t0 = time.monotonic()
+    load_start = round(os.getloadavg()[0], 2)
     res = {**bench_runs(args.runs, args.seconds), **bench_scoring(args.runs),
            **bench_swe(args.swe)}
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "python": platform.python_version(),
+               "loadavg_1m_at_start": load_start,
                "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
     out = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
            "results": res, "bench_wall_s": round(time.monotonic() - t0, 1)}
