@@ -37,6 +37,8 @@ OUTPUT_LIMIT = 1 << 20  # bytes of stdout and of stderr kept; a run over it is k
 ARG_CHUNK = 30_000  # characters; the kernel caps one argv string at 128 KiB (4 bytes/char worst)
 MAX_SOURCE = 1_500_000  # the whole argv must stay under ~2 MiB
 POOL_SIZE = int(os.environ.get("CISPO_SANDBOX_POOL_SIZE", "2"))  # warm containers per pool
+# "supervisor" (fast) or "exec" (no capability at all, slower): see docs/sandboxes.md
+POOL_MODE = os.environ.get("CISPO_SANDBOX_POOL_MODE", "supervisor")
 
 # Writes the program from its arguments, then becomes the interpreter (so its exit status and
 # signals are the program's own).
@@ -65,14 +67,16 @@ _pools_lock = threading.Lock()
 _warned_process = False
 
 
-def pool_for(image: str, memory_mb: int, size: int | None = None):
-    """The process-wide warm pool for this image and memory size (made on first use)."""
+def pool_for(image: str, memory_mb: int, size: int | None = None, mode: str | None = None):
+    """The process-wide warm pool for this image and memory size (made on first use; size and
+    mode only matter then)."""
     from sandboxes.pool import SandboxPool
 
     key = (image, memory_mb)
     with _pools_lock:
         if key not in _pools:
-            _pools[key] = SandboxPool(image, size or POOL_SIZE, memory_mb=memory_mb)
+            _pools[key] = SandboxPool(image, size or POOL_SIZE, memory_mb=memory_mb,
+                                      mode=mode or POOL_MODE)
         return _pools[key]
 
 

@@ -118,3 +118,20 @@ def test_sweep_removes_only_containers_of_dead_owners():
             orphan.remove(force=True)
         except Exception:
             pass
+
+
+def test_supervisor_keeps_only_three_capabilities_for_pid_1():
+    from sandboxes.pool import SandboxPool
+
+    with SandboxPool(size=1, memory_mb=128, mode="supervisor") as pool:
+        c = pool.containers()[0]
+        c.reload()
+        hc = c.attrs["HostConfig"]
+        assert hc["CapDrop"] == ["ALL"] and sorted(hc["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
+        assert hc["SecurityOpt"] == ["no-new-privileges"] and hc["ReadonlyRootfs"]
+        r = pool.run(["sh", "-c", "grep -E '^Cap(Eff|Prm)' /proc/self/status; id -u"],
+                     timeout_s=10)
+        assert r.stdout.split() == ["CapPrm:", "0000000000000000", "CapEff:",
+                                    "0000000000000000", "10001"], r
+    with pytest.raises(ValueError, match="choose one of"):
+        SandboxPool(size=1, mode="fast")
