@@ -131,7 +131,7 @@ def test_supervisor_keeps_only_three_capabilities_for_pid_1():
         assert hc["SecurityOpt"] == ["no-new-privileges"] and hc["ReadonlyRootfs"]
         r = pool.run(["sh", "-c", "grep -E '^Cap(Eff|Prm)' /proc/self/status; id -u"],
                      timeout_s=10)
-        assert r.stdout.split() == ["CapPrm:", "0000000000000000", "CapEff:",
+        assert r.stdout.decode().split() == ["CapPrm:", "0000000000000000", "CapEff:",
                                     "0000000000000000", "10001"], r
     with pytest.raises(ValueError, match="choose one of"):
         SandboxPool(size=1, mode="fast")
