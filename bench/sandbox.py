@@ -3,8 +3,10 @@
     python bench/sandbox.py [--runs 30] [--seconds 10] [--swe 4] [--out bench/results/sandbox.json]
 
 Measures (medians unless said otherwise):
-- bare `python3 -c pass` on the host, and `true` / `python3 -c pass` exec'd into a warm pool
-  container through `sandboxes.run` (state reset between runs included in throughput);
+- bare `python3 -c pass` on the host (same build as the image's), paired with
+  `python3 -c pass` through `sandboxes.run` on a warm pool, in both pool modes (`supervisor`:
+  a JSON round trip to the container's PID 1; `exec`: a `docker exec`); the reset between
+  runs is outside the latency and inside the throughput;
 - cold: a fresh hardened container per run (`docker run --rm`-equivalent through the SDK);
 - sustained runs/s with as many client threads as pool containers, for --seconds;
 - scoring-worker verdict overhead: a `ping` round trip to a warm worker (docker and process);
@@ -44,70 +46,55 @@ def ms(xs: list[float]) -> float:
     return round(statistics.median(xs) * 1000, 1)
 
 
-def bench_runs(n: int, seconds: float) -> dict:
+# The same interpreter build as the image's (Debian bookworm's python3.11) when the host has
+# it; a pyenv shim on PATH would add ~100 ms of bash and skew the baseline.
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def host_pass() -> None:
+    subprocess.run([PY, "-c", "pass"], check=True)
+
+
+def bench_warm(n: int, seconds: float, mode: str) -> dict:
+    """Warm-pool numbers for one pool mode, keys prefixed with the mode."""
     from sandboxes import run
-    from sandboxes.engine import connect
-    from sandboxes.hardening import SANDBOX_UID, container_kwargs, tmpfs_opts
     from sandboxes.image import DEFAULT_IMAGE
 
-    res = {}
-    # The same interpreter build as the image's (Debian bookworm's python3.11) when the host has
-    # it; a pyenv shim on PATH would add ~100 ms of bash and skew the baseline.
-    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    host = lambda: subprocess.run([py, "-c", "pass"], check=True)  # noqa: E731
-    pool = run.pool_for(DEFAULT_IMAGE, 512)
-    for _ in range(3):  # warm up: first execs pay for page cache and engine caches
+    run.shutdown()
+    pool = run.pool_for(DEFAULT_IMAGE, 512, mode=mode)
+    for _ in range(3):  # warm up: first runs pay for page cache and engine caches
         run.run_code("pass")
     pool.wait_idle()
 
-    def warm(src, lang="python"):
-        def f():
-            pool.wait_idle()  # one run at a time; the background reset is not in the latency
-            t = time.perf_counter()
-            r = run.run_code(src, language=lang)
-            dt = time.perf_counter() - t
-            assert r.returncode == 0, r
-            return dt
-        return f
+    def warm(src: str, lang: str = "python") -> float:
+        pool.wait_idle()  # one run at a time; the background reset is not in the latency
+        t = time.perf_counter()
+        r = run.run_code(src, language=lang)
+        dt = time.perf_counter() - t
+        assert r.returncode == 0, r
+        return dt
 
+    res = {}
     # Paired and interleaved (host, warm, host, warm, ...): this machine is shared, so its load
     # drifts; the per-pair difference is the added latency under the same load.
     host_t, warm_t = [], []
     for _ in range(n):
-        host_t += timed(host, 1)
-        warm_t.append(warm("pass")())
+        host_t += timed(host_pass, 1)
+        warm_t.append(warm("pass"))
     res["host_python_pass_ms"] = ms(host_t)
     res["warm_python_pass_ms"] = ms(warm_t)
     res["warm_added_ms"] = ms([w - h for w, h in zip(warm_t, host_t, strict=True)])
-    res["warm_exec_true_ms"] = ms([warm("true", "sh")() for _ in range(n)])
+    res["warm_sh_true_ms"] = ms([warm("true", "sh") for _ in range(n)])
     # Bare interpreter start inside a sandbox (same cgroup limits), timed from inside.
     inside = run.run_code(
         "import subprocess, statistics, time\nts = []\nfor _ in range(N):\n"
         "    t = time.perf_counter(); subprocess.run(['python3', '-c', 'pass'])\n"
         "    ts.append(time.perf_counter() - t)\nprint(statistics.median(ts))\n"
-        .replace("N", str(n)),
-        timeout_s=120)
+        .replace("N", str(n)), timeout_s=120)
     res["inside_python_pass_ms"] = round(float(inside.stdout) * 1000, 1)
     res["warm_added_vs_inside_ms"] = round(res["warm_python_pass_ms"]
                                            - res["inside_python_pass_ms"], 1)
-
-    client = connect()
-    kw = container_kwargs(kind="bench", memory_mb=512, cpus=1.0, pids_limit=128,
-                          tmpfs={"/work": tmpfs_opts(64, 8192, uid=SANDBOX_UID, mode="0700")},
-                          user=f"{SANDBOX_UID}:{SANDBOX_UID}")
-    kw["detach"] = False
-
-    def cold():
-        client.containers.run(DEFAULT_IMAGE, ["python3", "-c", "pass"], remove=True, **kw)
-
-    host_t, cold_t = [], []
-    for _ in range(max(5, n // 3)):
-        host_t += timed(host, 1)
-        cold_t += timed(cold, 1)
-    res["cold_python_pass_ms"] = ms(cold_t)
-    res["cold_added_ms"] = ms([c - h for c, h in zip(cold_t, host_t, strict=True)])
-
-    # Sustained: one client thread per container, each run followed by its reset.
+    # Sustained: one client thread per container; each run's reset is included.
     count, stop = [0], time.monotonic() + seconds
     lock = threading.Lock()
 
@@ -127,7 +114,30 @@ def bench_runs(n: int, seconds: float) -> dict:
     res["pool_size"] = pool.size
     res["pool_stats"] = dict(pool.stats)
     run.shutdown()
-    return res
+    return {f"{mode}_{k}": v for k, v in res.items()}
+
+
+def bench_cold(n: int) -> dict:
+    """A fresh hardened container per run, the `docker run --rm` way (through the SDK)."""
+    from sandboxes.engine import connect
+    from sandboxes.hardening import SANDBOX_UID, container_kwargs, tmpfs_opts
+    from sandboxes.image import DEFAULT_IMAGE
+
+    client = connect()
+    kw = container_kwargs(kind="bench", memory_mb=512, cpus=1.0, pids_limit=128,
+                          tmpfs={"/work": tmpfs_opts(64, 8192, uid=SANDBOX_UID, mode="0700")},
+                          user=f"{SANDBOX_UID}:{SANDBOX_UID}")
+    kw["detach"] = False
+
+    def cold():
+        client.containers.run(DEFAULT_IMAGE, ["python3", "-c", "pass"], remove=True, **kw)
+
+    host_t, cold_t = [], []
+    for _ in range(n):
+        host_t += timed(host_pass, 1)
+        cold_t += timed(cold, 1)
+    return {"cold_python_pass_ms": ms(cold_t),
+            "cold_added_ms": ms([c - h for c, h in zip(cold_t, host_t, strict=True)])}
 
 
 def bench_scoring(n: int) -> dict:
@@ -182,8 +192,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.monotonic()
     load_start = round(os.getloadavg()[0], 2)
-    res = {**bench_runs(args.runs, args.seconds), **bench_scoring(args.runs),
-           **bench_swe(args.swe)}
+    res = {**bench_cold(max(5, args.runs // 3)),
+           **bench_warm(args.runs, args.seconds, "supervisor"),
+           **bench_warm(args.runs, args.seconds, "exec"),
+           **bench_scoring(args.runs), **bench_swe(args.swe)}
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "python": platform.python_version(),
                "loadavg_1m_at_start": load_start,
