@@ -245,9 +245,13 @@ class SupervisedSandbox:
     def exec(self, argv: list[str], *, stdin: bytes = b"", timeout_s: float,
              output_limit: int, env: dict[str, str] | None = None, **_) -> ExecResult:
         t0 = time.monotonic()
-        resp = self._call({"argv": argv, "stdin_b64": base64.b64encode(stdin).decode(),
-                           "timeout_s": timeout_s, "output_limit": output_limit, "env": env},
-                          timeout_s + self.GRACE_S)
+        try:
+            resp = self._call({"argv": argv, "stdin_b64": base64.b64encode(stdin).decode(),
+                               "timeout_s": timeout_s, "output_limit": output_limit,
+                               "env": env}, timeout_s + self.GRACE_S)
+        except TimeoutError:  # the supervisor did not stop it: the host does, container and all
+            self.destroy()
+            return ExecResult(None, b"", b"", True, False, time.monotonic() - t0)
         if "error" in resp:
             raise SandboxError(f"could not start the program: {resp['error']}")
         return ExecResult(resp["exit_code"], base64.b64decode(resp["stdout_b64"]),

@@ -173,3 +173,29 @@ def test_cli_writes_a_report_for_every_instance(swe, tmp_path):
     assert rep["calc-3"]["error"] == "no prediction for this instance"
     assert "name no instance" in out.stderr  # the stray prediction is reported, not dropped
     assert json.loads(out.stdout)["resolved"] == 1
+
+
+def test_instance_given_as_an_image_with_the_repo_at_testbed(swe, tmp_path):
+    """The `image` form: the repository is baked into an image (built here, offline, on top of
+    the sandbox image) and copied out of it without running anything from it."""
+    import shutil
+
+    from sandboxes.engine import connect
+    from sandboxes.image import DEFAULT_IMAGE
+    from sandboxes.swe import evaluate as ev
+
+    inst, gold, repo, _ = swe
+    ctx = tmp_path / "ctx"
+    shutil.copytree(repo, ctx / "repo", symlinks=True)
+    (ctx / "Dockerfile").write_text(f"FROM {DEFAULT_IMAGE}\nCOPY repo /testbed\n")
+    client = connect()
+    tag = f"cispo-test-swe:{abs(hash(str(tmp_path))) % 10**8}"
+    client.images.build(path=str(ctx), tag=tag, rm=True, network_mode="none")
+    try:
+        img_inst = {k: v for k, v in inst.items() if k != "workdir_archive"}
+        img_inst["image"] = tag
+        r = ev(img_inst, gold, timeout_s=60)
+        assert r["resolved"], r
+        assert not ev(img_inst, "", timeout_s=60)["resolved"]
+    finally:
+        client.images.remove(tag, force=True)
