@@ -136,3 +136,25 @@ def test_supervisor_keeps_only_three_capabilities_for_pid_1():
                                     "0000000000000000", "10001"], r
     with pytest.raises(ValueError, match="choose one of"):
         SandboxPool(size=1, mode="fast")
+
+
+def test_containers_of_a_crashed_run_are_swept():
+    """A real crash: a process makes a warm pool and is SIGKILLed (no atexit, no close)."""
+    from sandboxes.engine import connect
+    from sandboxes.hardening import owner, sweep_orphans
+
+    code = ("import os, signal\nfrom sandboxes.pool import SandboxPool\n"
+            "p = SandboxPool(size=2, memory_mb=128)\nprint(os.getpid(), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == -9, out.stderr
+    crashed = f"{owner().rpartition(':')[0]}:{out.stdout.strip()}"
+    client = connect()
+
+    def left():
+        return client.containers.list(all=True, filters={"label": f"cispo.owner={crashed}"})
+
+    assert len(left()) == 2  # the crash left its containers behind...
+    assert sweep_orphans(client) >= 2  # ...and the next start sweeps them
+    assert left() == []
