@@ -28,16 +28,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxes.errors import SandboxError, SandboxTimeout
+from sandboxes.hardening import LABEL, SANDBOX_UID, container_kwargs, tmpfs_opts
+from sandboxes.hardening import sweep_orphans as _sweep
+
 SERVERS = Path(__file__).parent / "servers"
-LABEL = "cispo.sandbox"
-
-
-class SandboxError(RuntimeError):
-    """A request the sandbox could not answer (timeout, crash, OOM, protocol error)."""
-
-
-class SandboxTimeout(SandboxError):
-    pass
+__all__ = ["LABEL", "SandboxError", "SandboxTimeout", "ScoringPool", "ScoringWorker",
+           "WorkerSpec", "sweep_orphans"]
 
 
 @dataclass
@@ -59,22 +56,17 @@ class _DockerChannel:
 
     def __init__(self, spec: WorkerSpec):
         from sandboxes.engine import connect
-        from sandboxes.image import SANDBOX_UID
 
         self.client = connect()
+        # The same lockdown as every other sandbox (sandboxes.hardening); the server is PID 1
+        # here because it is the only thing the container ever runs.
         self.container = self.client.containers.create(
             spec.image, command=["python3", "-u", "-c", spec.source()],
             name=f"cispo-scorer-{uuid.uuid4().hex[:10]}",
-            stdin_open=True, tty=False, detach=True,
-            network_mode="none",
-            mem_limit=f"{spec.memory_mb}m", memswap_limit=f"{spec.memory_mb}m",
-            pids_limit=spec.pids_limit, nano_cpus=int(spec.cpus * 1e9),
-            cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}", read_only=True,
-            tmpfs={"/tmp": "size=16m,mode=1777"},
-            ulimits=[_ulimit("nofile", 256), _ulimit("fsize", 16 << 20)],
-            environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
-            labels={LABEL: "scorer", "cispo.owner": _owner()},
+            stdin_open=True, tty=False,
+            **container_kwargs(kind="scorer", memory_mb=spec.memory_mb, cpus=spec.cpus,
+                               pids_limit=spec.pids_limit, tmpfs={"/tmp": tmpfs_opts(16, 1024)},
+                               user=f"{SANDBOX_UID}:{SANDBOX_UID}"),
         )
         self.sock = self.container.attach_socket(
             params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
@@ -178,16 +170,6 @@ class _ProcessChannel:
         self.proc.wait()
 
 
-def _ulimit(name: str, value: int):
-    import docker.types
-
-    return docker.types.Ulimit(name=name, soft=value, hard=value)
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class ScoringWorker:
     """One warm sandboxed server; `request` sends one JSON object and returns the answer."""
 
@@ -285,26 +267,5 @@ class ScoringPool:
 
 
 def sweep_orphans() -> int:
-    """Remove scorer containers left by crashed runs on this host (owner process gone)."""
-    from sandboxes.engine import connect
-
-    client = connect()
-    host = socket.gethostname()
-    removed = 0
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
-        owner = c.labels.get("cispo.owner", "")
-        h, _, pid = owner.rpartition(":")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
-            c.remove(force=True)
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Remove sandbox containers left by crashed runs on this host (owner process gone)."""
+    return _sweep()
