@@ -3,6 +3,7 @@
 loopback (head + one worker raylet) and runs a few steps of `tiny` through it."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -117,4 +118,5 @@ def test_sbatch_runs_tiny_on_a_two_node_ray_cluster(tmp_path):
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert not left, f"the script left Ray processes running: {left}"

@@ -170,3 +170,27 @@ def test_train_plan_true_trains_nothing(tmp_path):
                         f"run_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "plan.json").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_docs_planner_examples_run(monkeypatch):
+    import re
+
+    monkeypatch.chdir(ROOT)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "planner.md").read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/planner.md", "exec"), {})
+
+
+def test_docs_planner_lists_every_new_config_key():
+    text = (ROOT / "docs" / "planner.md").read_text()
+    for section in ("cluster", "parallel", "schedule"):
+        for key in OmegaConf.to_container(OmegaConf.structured(config()[section])):
+            assert f"`{section}.{key}`" in text, f"{section}.{key}"
+
+
+def test_compare_with_measured():
+    from cispo.planner import compare_with_measured
+
+    r = compare_with_measured({"learner": {"per_gpu_memory_gib": 10.5}}, 10.0)
+    assert r["relative_error"] == pytest.approx(0.05) and r["within_10_percent"]

@@ -111,3 +111,16 @@ def test_m1_80k_config_schedule_is_valid():
         cfg = compose("config", overrides=["+exp=m1_80k"])
     s = WindowSchedule(cfg.schedule, cfg.algorithm.eps_high, cfg.learner.grad_clip)
     assert s.current().window == 40960 and cfg.schedule.windows[-1] == cfg.rollout.max_new_tokens
+
+
+def test_docs_launch_examples_run(monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    blocks = re.findall(r"```python\n(.*?)```", (root / "docs" / "launch.md").read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/launch.md", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[:3] == ["40960", "3 49152 0.24 0.6", "49152.0"]
