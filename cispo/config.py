@@ -237,6 +237,25 @@ class ScheduleConfig:
 
 
 @dataclass
+class MixPoint:
+    step: int = 0  # trainer step this point applies from (weights interpolate between points)
+    weights: dict[str, float] = field(default_factory=dict)  # source name -> relative weight
+
+
+@dataclass
+class DataMixConfig:
+    """Several prompt sources mixed by weights that change over steps (M1's curriculum:
+    reasoning first, then mixed with general data). Empty `sources` = off: `data.source` only."""
+
+    # name -> a `data.source` value (local .jsonl/.json/.parquet, hub name, "arithmetic");
+    # every other data.* key applies to each source
+    sources: dict[str, str] = field(default_factory=dict)
+    # weights over steps: piecewise linear between points, constant before the first and after
+    # the last; a step's prompts are split by them (largest remainder)
+    schedule: list[MixPoint] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     exp_name: str = "default"
     run_dir: str = "runs/${exp_name}-${now:%Y%m%d-%H%M%S}"
@@ -258,6 +277,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data_mix: DataMixConfig = field(default_factory=DataMixConfig)
 
 
 def register() -> None:
