@@ -7,7 +7,7 @@ gradient-clip threshold. Here that is a small state machine over per-step statis
     sched = WindowSchedule(cfg.schedule, cfg.algorithm.eps_high, cfg.learner.grad_clip)
     settings = sched.current()                        # stage 0: window, eps_high, grad_clip
     ...each step...
-    change = sched.update(generation_stats(lengths, logprob_sums))
+    change = sched.update(stats_from_samples(samples))    # or generation_stats(lengths, lp_sums)
     if change: apply change.window / change.eps_high / change.grad_clip
     metrics.update(sched.metrics())                   # schedule/*
 
@@ -42,6 +42,12 @@ def generation_stats(lengths: list[int], logprob_sums: list[float]) -> dict[str,
     """One step's statistics from its samples: response lengths and the sum of each response's
     sampling log-probs (rollout Sample.logprobs)."""
     return {"p99_length": p99(lengths), "perplexity": perplexity(sum(logprob_sums), sum(lengths))}
+
+
+def stats_from_samples(samples: list[Any]) -> dict[str, float]:
+    """`generation_stats` of a step's rollout samples (anything with `response_ids`, `logprobs`)."""
+    return generation_stats([len(s.response_ids) for s in samples],
+                            [float(sum(s.logprobs)) for s in samples])
 
 
 def relative_change(history: list[float], span: int) -> float:

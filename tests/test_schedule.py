@@ -124,3 +124,12 @@ def test_docs_launch_examples_run(monkeypatch, capsys):
     for code in blocks:
         exec(compile(code, "docs/launch.md", "exec"), {})
     assert capsys.readouterr().out.split("\n")[:3] == ["40960", "3 49152 0.24 0.6", "49152.0"]
+
+
+def test_stats_from_rollout_samples():
+    from cispo.schedule import stats_from_samples
+    from rollout.types import Sample
+
+    samples = [Sample(0, [1], [5] * n, [-0.5] * n, "stop") for n in (10, 30)]
+    st = stats_from_samples(samples)
+    assert st["p99_length"] == 30.0 and st["perplexity"] == pytest.approx(math.exp(0.5))
