@@ -100,8 +100,7 @@ def test_sbatch_runs_tiny_on_a_two_node_ray_cluster(tmp_path):
         p = subprocess.run(["bash", str(SBATCH), "+exp=tiny", "trainer.total_steps=2",
                             "rollout.prompts_per_step=4", "rollout.group_size=4",
                             f"run_dir={run}", "logging.progress=false",
-                            # W&B is not what this test is about (and wandb 0.31 in the dev venv
-                            # lacks wandb.util.generate_id, which cispo.monitor calls)
+                            # W&B is not what this test is about
                             "logging.wandb_mode=disabled"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         log = p.stdout[-3000:] + p.stderr[-4000:]
