@@ -174,6 +174,87 @@ class RayConfig:
     num_cpus: int | None = None  # local Ray only; None = enough for the actors asked for
 
 
+# --- issue 6: cluster description, parallel layout, staged window (read by cispo.planner and
+# --- cispo.schedule). Appended; the fields above are unchanged.
+
+
+@dataclass
+class ClusterConfig:
+    """The machines a run is planned for (`plan=true` places the run's actors on them)."""
+
+    nodes: int = 1  # GPU nodes (M1: 64 nodes x 8 H800, report section 4)
+    gpus_per_node: int = 0  # 0 = CPU only (a laptop); M1: 8
+    gpu_memory_gib: float = 80.0  # per GPU, GiB (H800: 80 GB HBM3, the issue's budget)
+    cpus_per_node: int = 2  # CPUs per GPU node usable by Ray actors and sandboxes
+    cpu_nodes: int = 0  # extra CPU-only nodes for sandbox containers (our choice; 0 = none)
+    cpus_per_cpu_node: int = 64  # CPUs on each of those nodes
+    cpu_node_memory_gib: float = 256.0  # memory of each CPU-only node, GiB
+    # per GPU, GiB, on top of the estimated tensors: CUDA context, NCCL buffers, allocator
+    # fragmentation (our choice; compare with a measured peak, docs/PERFORMANCE-planner.md)
+    reserve_gib: float = 2.0
+
+
+@dataclass
+class ParallelConfig:
+    """How the learner and the engines split the model; the planner sizes memory from it."""
+
+    expert_parallel: int = 1  # learner ranks sharing one layer's experts (M1: EP, report 3.x)
+    sequence_parallel: int = 1  # learner ranks sharing one sequence (M1: LASP+ / ring attention)
+    # tokens in one learner micro-batch (all its ranks' sequence-parallel shards together);
+    # 0 = learner.micro_batch_size x (data.max_prompt_tokens + rollout.max_new_tokens)
+    tokens_per_micro_batch: int = 0
+    # tokens per chunk of the FP32 LM head's logits; 0 = the whole micro-batch at once
+    # (what the learner does today)
+    head_chunk_tokens: int = 0
+    prefetch_layers: int = 2  # ZeRO-3 layers gathered at once: current + prefetched (our choice)
+    rollout_tensor_parallel: int = 1  # GPUs per engine in one tensor-parallel group
+    rollout_pipeline_parallel: int = 1  # pipeline stages per engine (engine GPUs = tp x pp)
+    # sequences one engine holds in flight (KV cache / lightning state); 0 = all of its share of
+    # the step (prompts_per_step x group_size / rollout.num_workers)
+    rollout_concurrency: int = 0
+    rollout_batched_tokens: int = 8192  # tokens per engine forward (vLLM max_num_batched_tokens)
+
+
+@dataclass
+class ScheduleConfig:
+    """M1's staged output window (report section 3.3): raise rollout.max_new_tokens stage by
+    stage when generation has settled at the current window. Empty `windows` = off."""
+
+    # output-token windows, one per stage (M1: 40K -> 48K -> 56K -> 64K -> 72K -> 80K; K = 1024
+    # is our reading)
+    windows: list[int] = field(default_factory=list)
+    # per stage; empty = keep algorithm.eps_high / learner.grad_clip. M1 lowers both in late
+    # stages (report 3.3) without publishing values: the numbers in conf/exp are our choice.
+    eps_high: list[float] = field(default_factory=list)
+    grad_clip: list[float] = field(default_factory=list)
+    # advance when the 99th-percentile response length >= this fraction of the window (our choice)
+    p99_fraction: float = 0.9
+    # ... and the generated text's perplexity changed by less than this relative amount between
+    # the means of the last two `ppl_window`-step spans (our choice)
+    ppl_rel_tol: float = 0.02
+    ppl_window: int = 10  # steps per span in the plateau test (our choice)
+    min_steps_per_stage: int = 20  # never advance sooner (our choice)
+
+
+@dataclass
+class MixPoint:
+    step: int = 0  # trainer step this point applies from (weights interpolate between points)
+    weights: dict[str, float] = field(default_factory=dict)  # source name -> relative weight
+
+
+@dataclass
+class DataMixConfig:
+    """Several prompt sources mixed by weights that change over steps (M1's curriculum:
+    reasoning first, then mixed with general data). Empty `sources` = off: `data.source` only."""
+
+    # name -> a `data.source` value (local .jsonl/.json/.parquet, hub name, "arithmetic");
+    # every other data.* key applies to each source
+    sources: dict[str, str] = field(default_factory=dict)
+    # weights over steps: piecewise linear between points, constant before the first and after
+    # the last; a step's prompts are split by them (largest remainder)
+    schedule: list[MixPoint] = field(default_factory=list)
+
+
 @dataclass
 class Config:
     exp_name: str = "default"
@@ -191,6 +272,12 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # issue 6
+    plan: bool = False  # print the resource plan, write run_dir/plan.json, train nothing
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data_mix: DataMixConfig = field(default_factory=DataMixConfig)
 
 
 def register() -> None:

@@ -1,0 +1,286 @@
+"""The resource planner: `python -m cispo.train +exp=NAME plan=true [run_dir=DIR]`.
+
+Runs no training and needs no GPU. It places the learner ranks, the rollout engines
+(tensor x pipeline parallel) and the sandbox containers on the cluster `cfg.cluster` describes,
+estimates every GPU's memory term by term (cispo.planner_memory), prints a table and writes
+`run_dir/plan.json`. A plan that does not fit names the largest term and what to change.
+
+`build_plan(cfg)` is the pure part (config in, dict out); `run_plan(cfg)` prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from cispo.planner_memory import (
+    DTYPE_BYTES,
+    GIB,
+    EngineLayout,
+    LearnerLayout,
+    engine_terms,
+    learner_terms,
+)
+from cispo.planner_model import PlanError, param_counts, resolve_config, shape_of
+
+# What to change when a term is the largest one on a GPU that does not fit.
+ADVICE = {
+    "params": "more learner ranks (learner.num_workers) or learner.zero_stage=3",
+    "grads": "more learner ranks (learner.num_workers) or learner.zero_stage>=2",
+    "optimizer": "more learner ranks (learner.num_workers) or learner.zero_stage>=1",
+    "gathered_layers": "raise parallel.expert_parallel or lower parallel.prefetch_layers",
+    "checkpoints": "raise parallel.sequence_parallel or lower parallel.tokens_per_micro_batch",
+    "layer_recompute": ("set learner.gradient_checkpointing=true, raise parallel.sequence_parallel "
+                        "or lower parallel.tokens_per_micro_batch"),
+    "head_weight": "more learner ranks cannot help (the head is gathered whole): use a smaller vocab or model",
+    "head_hidden": "raise parallel.sequence_parallel or lower parallel.tokens_per_micro_batch",
+    "head_chunk": "set parallel.head_chunk_tokens lower (e.g. 2048)",
+    "weights": "raise parallel.rollout_tensor_parallel or parallel.rollout_pipeline_parallel",
+    "kv_cache": "lower parallel.rollout_concurrency or the window (rollout.max_new_tokens / schedule.windows)",
+    "lightning_state": "lower parallel.rollout_concurrency",
+    "forward_workspace": "lower parallel.rollout_batched_tokens",
+    "reserve": "lower cluster.reserve_gib only if a measured peak allows it",
+}
+
+
+def seq_tokens(cfg: Any) -> int:
+    """Prompt + the largest output window the run will reach (the last schedule stage)."""
+    windows = list(cfg.schedule.windows) or [cfg.rollout.max_new_tokens]
+    return cfg.data.max_prompt_tokens + max(max(windows), cfg.rollout.max_new_tokens)
+
+
+def engine_gpus(cfg: Any) -> float:
+    """GPUs one engine occupies: tp x pp whole GPUs, or a fraction when it shares one."""
+    r, par = cfg.rollout, cfg.parallel
+    if r.num_gpus_per_worker <= 0:
+        return 0.0
+    tp_pp = par.rollout_tensor_parallel * par.rollout_pipeline_parallel
+    return float(tp_pp) if tp_pp > 1 else float(r.num_gpus_per_worker)
+
+
+def place(gpus: int, jobs: list[tuple[str, float]]) -> tuple[list[list[str]], list[str]]:
+    """First-fit: whole-GPU jobs take contiguous free GPUs, fractional ones share.
+    Returns (occupants of each GPU, problems)."""
+    free = [1.0] * gpus
+    used: list[list[str]] = [[] for _ in range(gpus)]
+    problems: list[str] = []
+    for name, need in jobs:
+        if need <= 0:
+            continue
+        if need >= 1:
+            k = math.ceil(need)
+            start = next((i for i in range(gpus - k + 1)
+                          if all(free[j] == 1.0 for j in range(i, i + k))), None)
+            slots = range(start, start + k) if start is not None else None
+        else:
+            i = next((i for i in range(gpus) if free[i] >= need - 1e-9), None)
+            slots = [i] if i is not None else None
+        if slots is None:
+            problems.append(f"no room for {name} ({need:g} GPU): the cluster has {gpus} GPUs "
+                            f"(cluster.nodes x cluster.gpus_per_node); add nodes or use fewer "
+                            f"learner ranks / engines")
+            continue
+        for j in slots:
+            free[j] -= min(need, 1.0)
+            used[j].append(name)
+    return used, problems
+
+
+def _gib(terms: dict[str, float]) -> dict[str, float]:
+    return {k: round(v / GIB, 3) for k, v in terms.items()}
+
+
+def build_plan(cfg: Any) -> dict:
+    """The plan as a dict (the content of plan.json). Raises PlanError on an unplannable config."""
+    C, P, L, R = cfg.cluster, cfg.parallel, cfg.learner, cfg.rollout
+    shape = shape_of(resolve_config(cfg.model))
+    counts = param_counts(shape)
+    b = DTYPE_BYTES[cfg.model.dtype]
+    seq = seq_tokens(cfg)
+    if P.tokens_per_micro_batch and P.tokens_per_micro_batch < seq:
+        raise PlanError(f"parallel.tokens_per_micro_batch={P.tokens_per_micro_batch} cannot hold "
+                        f"one sequence of {seq} tokens (data.max_prompt_tokens + the largest "
+                        f"window): raise it to at least {seq}")
+    if L.num_workers % P.sequence_parallel or L.num_workers % P.expert_parallel:
+        raise PlanError(f"learner.num_workers={L.num_workers} must be a multiple of "
+                        f"parallel.sequence_parallel={P.sequence_parallel} and "
+                        f"parallel.expert_parallel={P.expert_parallel}")
+    if shape.experts % P.expert_parallel and P.expert_parallel % shape.experts:
+        raise PlanError(f"parallel.expert_parallel={P.expert_parallel} does not divide the "
+                        f"model's {shape.experts} experts")
+    lay = LearnerLayout(ranks=L.num_workers, zero_stage=L.zero_stage, dtype_bytes=b,
+                        expert_parallel=P.expert_parallel, sequence_parallel=P.sequence_parallel,
+                        tokens_per_micro_batch=P.tokens_per_micro_batch or L.micro_batch_size * seq,
+                        head_chunk_tokens=P.head_chunk_tokens,
+                        checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers)
+    on_gpu = C.gpus_per_node > 0
+    reserve = C.reserve_gib if on_gpu else 0.0
+    l_terms = learner_terms(shape, counts, lay, reserve)
+    sequences = R.prompts_per_step * R.group_size
+    concurrency = P.rollout_concurrency or -(-sequences // R.num_workers)
+    elay = EngineLayout(tensor_parallel=P.rollout_tensor_parallel,
+                        pipeline_parallel=P.rollout_pipeline_parallel, dtype_bytes=b,
+                        concurrency=concurrency, seq_tokens=seq, batched_tokens=P.rollout_batched_tokens)
+    e_terms = engine_terms(shape, counts, elay, reserve)
+
+    gpus = C.nodes * C.gpus_per_node
+    problems: list[str] = []
+    if on_gpu and P.rollout_tensor_parallel > C.gpus_per_node:
+        problems.append(f"parallel.rollout_tensor_parallel={P.rollout_tensor_parallel} spans "
+                        f"nodes ({C.gpus_per_node} GPUs each): keep tensor parallelism inside a "
+                        f"node and add parallel.rollout_pipeline_parallel stages instead")
+    jobs = ([(f"learner{i}", float(L.num_gpus_per_worker)) for i in range(L.num_workers)]
+            + [(f"engine{i}", engine_gpus(cfg)) for i in range(R.num_workers)])
+    occupants, placement_problems = place(gpus, jobs) if on_gpu else ([], [])
+    problems += placement_problems
+    l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
+    per_gpu = [sum(l_bytes if o.startswith("learner") else e_bytes for o in occ) for occ in occupants]
+    budget = C.gpu_memory_gib * GIB
+    if on_gpu:
+        for role, terms, total in (("learner", l_terms, l_bytes), ("rollout", e_terms, e_bytes)):
+            if total > budget:
+                worst = max(terms, key=lambda k: terms[k])
+                problems.append(f"{role}: {total / GIB:.1f} GiB per GPU > cluster.gpu_memory_gib="
+                                f"{C.gpu_memory_gib:g}; largest term {worst} = "
+                                f"{terms[worst] / GIB:.1f} GiB: {ADVICE[worst]}")
+        shared = [i for i, occ in enumerate(occupants) if len(occ) > 1 and per_gpu[i] > budget]
+        if shared and not any(p.startswith(("learner:", "rollout:")) for p in problems):
+            problems.append(f"GPU {shared[0]} is shared by {', '.join(occupants[shared[0]])}: "
+                            f"{per_gpu[shared[0]] / GIB:.1f} GiB together > "
+                            f"{C.gpu_memory_gib:g} GiB; give each its own GPU or shrink one")
+
+    S = cfg.sandbox
+    sandbox_cpus = S.num_workers * S.cpus
+    if C.cpu_nodes:
+        have_cpus, where = C.cpu_nodes * C.cpus_per_cpu_node, "cpu nodes"
+        if sandbox_cpus > have_cpus:
+            problems.append(f"sandboxes need {sandbox_cpus:g} CPUs (sandbox.num_workers x "
+                            f"sandbox.cpus), the CPU nodes have {have_cpus}: add cluster.cpu_nodes")
+        if S.num_workers * S.memory_mb / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
+            problems.append("sandboxes need more memory than the CPU nodes have: add "
+                            "cluster.cpu_nodes or lower sandbox.memory_mb")
+    else:
+        have_cpus, where = C.nodes * C.cpus_per_node, "gpu nodes"
+
+    used_gpus = sum(1 for occ in occupants if occ)
+    return {
+        "exp_name": cfg.exp_name,
+        "gpus": used_gpus, "cluster_gpus": gpus, "nodes": C.nodes, "cpu_nodes": C.cpu_nodes,
+        "model": {"name": cfg.model.name, "total_params": counts.total,
+                  "active_params": counts.active, "shape": shape.as_dict(),
+                  "counts": counts.as_dict()},
+        "learner": {"ranks": L.num_workers, "gpus": sum(1 for o in occupants if any(x.startswith("learner") for x in o)),
+                    "zero_stage": L.zero_stage, "expert_parallel": P.expert_parallel,
+                    "sequence_parallel": P.sequence_parallel,
+                    "data_parallel": L.num_workers // P.sequence_parallel,
+                    "tokens_per_rank": lay.tokens_per_micro_batch / P.sequence_parallel,
+                    "per_gpu_memory_gib": round(l_bytes / GIB, 3), "terms_gib": _gib(l_terms)},
+        "rollout": {"engines": R.num_workers, "tensor_parallel": P.rollout_tensor_parallel,
+                    "pipeline_parallel": P.rollout_pipeline_parallel,
+                    "gpus_per_engine": engine_gpus(cfg), "sequence_tokens": seq,
+                    "concurrency_per_engine": concurrency, "sequences_per_step": sequences,
+                    "waves_per_step": -(-sequences // (concurrency * R.num_workers)),
+                    "per_gpu_memory_gib": round(e_bytes / GIB, 3), "terms_gib": _gib(e_terms)},
+        "sandbox": {"containers": S.num_workers, "cpus": sandbox_cpus,
+                    "memory_gib": round(S.num_workers * S.memory_mb / 1024, 3),
+                    "placed_on": where, "available_cpus": have_cpus},
+        "max_gpu_memory_gib": round(max(per_gpu, default=0.0) / GIB, 3),
+        "gpu_memory_gib": C.gpu_memory_gib if on_gpu else None,
+        "placement": _placement_summary(occupants, C.gpus_per_node),
+        "fits": not problems,
+        "problems": problems,
+    }
+
+
+def _placement_summary(occupants: list[list[str]], per_node: int) -> list[dict]:
+    """Runs of nodes with the same kind of occupants, e.g. nodes 0-31: learner ranks."""
+    rows: list[dict] = []
+    for n in range(len(occupants) // per_node if per_node else 0):
+        occ = sorted({o.rstrip("0123456789") for g in occupants[n * per_node:(n + 1) * per_node]
+                      for o in g}) or ["idle"]
+        what = "+".join(occ)
+        if rows and rows[-1]["what"] == what and rows[-1]["last_node"] == n - 1:
+            rows[-1]["last_node"] = n
+        else:
+            rows.append({"first_node": n, "last_node": n, "what": what})
+    return rows
+
+
+def format_plan(plan: dict) -> str:
+    """The human-readable table `run_plan` prints."""
+    m, lr, ro = plan["model"], plan["learner"], plan["rollout"]
+    out = [f"plan for {plan['exp_name']}: {plan['gpus']} of {plan['cluster_gpus']} GPUs on "
+           f"{plan['nodes']} nodes (+{plan['cpu_nodes']} CPU nodes)",
+           f"model {m['name']}: {m['total_params'] / 1e9:.2f}B params, "
+           f"{m['active_params'] / 1e9:.2f}B active per token (excl. embedding and head)",
+           f"learner: {lr['ranks']} ranks, ZeRO-{lr['zero_stage']}, EP {lr['expert_parallel']}, "
+           f"SP {lr['sequence_parallel']}, {lr['tokens_per_rank']:.0f} tokens/rank/micro-batch",
+           f"rollout: {ro['engines']} engines x {ro['gpus_per_engine']:g} GPUs "
+           f"(TP {ro['tensor_parallel']} x PP {ro['pipeline_parallel']}), "
+           f"{ro['concurrency_per_engine']} sequences of {ro['sequence_tokens']} tokens in flight "
+           f"each, {ro['waves_per_step']} wave(s) per step",
+           f"sandboxes: {plan['sandbox']['containers']} containers, "
+           f"{plan['sandbox']['cpus']:g} CPUs on {plan['sandbox']['placed_on']}", ""]
+    out.append(f"{'term':<20}{'GiB/GPU':>10}   {'term':<20}{'GiB/GPU':>10}")
+    lt, rt = list(lr["terms_gib"].items()), list(ro["terms_gib"].items())
+    for i in range(max(len(lt), len(rt))):
+        left = f"{lt[i][0]:<20}{lt[i][1]:>10.2f}" if i < len(lt) else " " * 30
+        right = f"{rt[i][0]:<20}{rt[i][1]:>10.2f}" if i < len(rt) else ""
+        out.append(f"{left}   {right}")
+    out.append(f"{'learner total':<20}{lr['per_gpu_memory_gib']:>10.2f}   "
+               f"{'rollout total':<20}{ro['per_gpu_memory_gib']:>10.2f}")
+    for row in plan["placement"]:
+        out.append(f"nodes {row['first_node']}-{row['last_node']}: {row['what']}")
+    budget = plan["gpu_memory_gib"]
+    out.append(f"fits: {plan['fits']}" + (f" (budget {budget:g} GiB/GPU, largest "
+                                            f"{plan['max_gpu_memory_gib']:.2f})" if budget else " (CPU only: memory not checked)"))
+    out += [f"  - {p}" for p in plan["problems"]]
+    return "\n".join(out)
+
+
+def run_plan(cfg: Any) -> dict:
+    """Print the plan and write run_dir/plan.json; exits 1 with the message on a PlanError."""
+    try:
+        plan = build_plan(cfg)
+    except PlanError as e:
+        sys.exit(f"plan: {e}")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    print(format_plan(plan))
+    print(f"written: {run_dir / 'plan.json'}")
+    return plan
+
+
+def _main() -> None:
+    """`python -m cispo.planner +exp=NAME` = `python -m cispo.train +exp=NAME plan=true`."""
+    import hydra
+
+    from cispo.config_check import check_or_exit
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    check_or_exit(conf, "config", sys.argv[1:])
+
+    @hydra.main(config_path=str(conf), config_name="config", version_base=None)
+    def main(cfg) -> None:
+        run_plan(cfg)
+
+    main()
+
+
+def compare_with_measured(plan: dict, measured_gib: float) -> dict:
+    """The learner estimate against a measured peak of one rank (GiB, e.g.
+    torch.cuda.max_memory_reserved() / 2**30 after a train_minibatch): relative error. The
+    allocator does not see the CUDA context, so the `reserve` term is left out here."""
+    lr = plan["learner"]
+    est = lr["per_gpu_memory_gib"] - lr.get("terms_gib", {}).get("reserve", 0.0)
+    return {"estimated_gib": est, "measured_gib": measured_gib,
+            "relative_error": (est - measured_gib) / measured_gib,
+            "within_10_percent": abs(est - measured_gib) <= 0.1 * measured_gib}
+
+
+if __name__ == "__main__":
+    _main()
