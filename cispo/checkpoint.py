@@ -16,10 +16,11 @@ import torch
 LATEST = "latest_step"
 
 
-def save(learner, run_dir: str | Path, step: int, data_state: dict) -> Path:
+def save(learner, run_dir: str | Path, step: int, states: dict) -> Path:
+    """states: JSON-able trainer state besides the learner (data position, schedule, ...)."""
     ckpt = Path(run_dir) / "checkpoints"
     tag = f"step_{step}"
-    state = {"step": step, "data": data_state, "python_rng": _jsonable(random.getstate()),
+    state = {"step": step, **states, "python_rng": _jsonable(random.getstate()),
              "torch_rng": torch.get_rng_state().tolist()}
     learner.save(str(ckpt), tag, {})
     (ckpt / tag / "trainer_state.json").write_text(json.dumps(state))
@@ -41,14 +42,16 @@ def find(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
-def load(learner, path: Path, stream) -> int:
-    """Restore learner, data position and RNG; returns the step to continue from."""
-    state = json.loads((path / "trainer_state.json").read_text())
+def read_state(path: Path) -> dict:
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def restore(learner, path: Path, state: dict, stream) -> None:
+    """Learner (model + optimizer), data position and RNG, as saved."""
     learner.load(str(path.parent), path.name)
     stream.load_state(state["data"])
     random.setstate(_tupled(state["python_rng"]))
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return int(state["step"])
 
 
 def _jsonable(rng_state):

@@ -97,7 +97,8 @@ class PromptStream:
             random.Random(self.seed + self.epoch).shuffle(order)
         return order
 
-    def next_batch(self, n: int) -> list[Prompt]:
+    def next_batch(self, n: int, step: int | None = None) -> list[Prompt]:
+        """The next n prompts (`step` is unused here: a MixedStream weighs sources by it)."""
         out = []
         while len(out) < n:
             if self.pos == len(self._order):
@@ -106,6 +107,9 @@ class PromptStream:
             out.append(self.prompts[self._order[self.pos]])
             self.pos += 1
         return out
+
+    def metrics(self) -> dict[str, float]:
+        return {}
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}

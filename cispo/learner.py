@@ -176,6 +176,14 @@ class LearnerWorker:
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         return sums
 
+    def set_grad_clip(self, value: float) -> float:
+        """A new gradient-clip threshold (staged window). The ZeRO optimizers keep their own
+        copy of it, so both places change."""
+        self.engine._config.gradient_clipping = value
+        if hasattr(self.engine.optimizer, "clip_grad"):
+            self.engine.optimizer.clip_grad = value
+        return self.engine.gradient_clipping()
+
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights (CPU) on rank 0, None elsewhere; call on all ranks together."""
         if self.zero_stage == 3:
@@ -243,6 +251,9 @@ class LearnerGroup:
                 "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
                 "is_weight/max": max(p["ratio_max"] for p in parts),
                 "grad/norm": parts[0]["grad_norm"]}
+
+    def set_grad_clip(self, value: float) -> list[float]:
+        return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
 
     def state_dict_ref(self) -> ray.ObjectRef:
         """An object-store reference to the full weights (gathered on rank 0)."""

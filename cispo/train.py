@@ -21,9 +21,12 @@ from omegaconf import DictConfig
 from cispo import checkpoint, data, sampling
 from cispo.advantages import compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
+from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
+from cispo.planner import run_plan
+from cispo.schedule import WindowSchedule, stats_from_samples
 from rewards.manager import RewardManager
 from rollout.manager import RolloutManager
 from sandboxes.engine import DockerUnavailable
@@ -34,16 +37,20 @@ log = logging.getLogger("cispo.train")
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    if cfg.plan:  # resources only: no Docker, no Ray, no GPU
+        return run_plan(cfg)
     p = build(cfg)
     A, G = cfg.algorithm, cfg.rollout.group_size
     with Progress(cfg.trainer.total_steps, p.start, cfg.logging.progress) as bar:
         for step in range(p.start, cfg.trainer.total_steps):
             t0 = time.monotonic()
             groups, s_metrics = sampling.collect(            # 1-3. prompts → rollout → reward
-                cfg.rollout.prompts_per_step, p.stream.next_batch, partial(generate, p, step),
+                cfg.rollout.prompts_per_step, partial(p.stream.next_batch, step=step),
+                partial(generate, p, step),
                 partial(score, p, cfg), G, A.dynamic_sampling, A.max_sampling_rounds)
             _, samples, scores = sampling.flatten(groups)
             t_gen = time.monotonic() - t0
+            stage_metrics = p.schedule.metrics()  # the stage these samples were drawn in
             valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)   # None: skip
             rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
             adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)  # 4.
@@ -53,7 +60,10 @@ def main(cfg: DictConfig) -> None:
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
             p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
+            if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
+                apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **merge_rounds(p.reward_rounds), **s_metrics,        # 7. log
+                       **stage_metrics, **p.stream.metrics(),
                        **sample_metrics(samples, rewards, valid, G),
                        "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": t_gen,
                        "rollout/worker_restarts": float(p.rollout.restarts),
@@ -62,7 +72,7 @@ def main(cfg: DictConfig) -> None:
             p.logger.log(step, metrics)
             bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                checkpoint.save(p.learner, p.run_dir, step + 1, p.stream.state())
+                checkpoint.save(p.learner, p.run_dir, step + 1, states(p))
     finish(cfg, p)
 
 
@@ -77,6 +87,7 @@ class Parts:
     learner: LearnerGroup
     rollout: RolloutManager
     logger: RunLogger
+    schedule: WindowSchedule
     reward_rounds: list = field(default_factory=list)  # this step's reward metrics, per round
 
 
@@ -87,6 +98,7 @@ def build(cfg: DictConfig) -> Parts:
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
+    state = checkpoint.read_state(ckpt) if ckpt else {}
     torch.manual_seed(cfg.trainer.seed)
     try:
         rewarder = RewardManager(cfg.reward, cfg.sandbox)
@@ -95,24 +107,46 @@ def build(cfg: DictConfig) -> Parts:
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     try:
-        prompts, skipped = data.validate(data.load_rows(cfg.data), cfg.data, tokenizer)
+        stream, skipped = make_stream(cfg, tokenizer)
     except data.DataError as e:
         sys.exit(f"data: {e}")
-    stream = data.PromptStream(prompts, cfg.data.shuffle, cfg.data.seed)
+    sched = WindowSchedule(cfg.schedule, cfg.algorithm.eps_high, cfg.learner.grad_clip)
+    if state.get("schedule"):
+        sched.load_state_dict(state["schedule"])
+    apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
     start_ray(cfg)
     per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
     learner = LearnerGroup(cfg.learner, cfg.model, model_path, per_minibatch, cfg.rollout.temperature)
-    start = 0
     if ckpt is not None:
-        start = checkpoint.load(learner, ckpt, stream)
-        log.info("resumed from %s at step %d", ckpt, start)
+        checkpoint.restore(learner, ckpt, state, stream)
+        log.info("resumed from %s at step %d", ckpt, state["step"])
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code)
     rollout.sync_weights(learner.state_dict_ref())
+    start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
-    log.info("run_dir=%s  model=%s  %d prompts (%d rows skipped)", run_dir, model_path,
-             len(prompts), sum(skipped.values()))
-    return Parts(run_dir, start, tokenizer, stream, sum(skipped.values()), rewarder, learner,
-                 rollout, logger)
+    log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
+    return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched)
+
+
+def make_stream(cfg: DictConfig, tokenizer):
+    """The prompt stream: one source (`data.*`) or several mixed by weights (`data_mix.*`)."""
+    if cfg.data_mix.sources:
+        return build_mixed_stream(cfg, tokenizer)
+    prompts, skipped = data.validate(data.load_rows(cfg.data), cfg.data, tokenizer)
+    return data.PromptStream(prompts, cfg.data.shuffle, cfg.data.seed), sum(skipped.values())
+
+
+def apply_stage(cfg: DictConfig, sched: WindowSchedule, learner: LearnerGroup | None = None) -> None:
+    """Put the staged window's current settings into the config (and the running learner)."""
+    if not sched.enabled:
+        return
+    stage = sched.current()
+    cfg.rollout.max_new_tokens, cfg.algorithm.eps_high = stage.window, stage.eps_high
+    cfg.learner.grad_clip = stage.grad_clip
+    if learner is not None:
+        learner.set_grad_clip(stage.grad_clip)
+        log.info("window stage %d: %d tokens, eps_high %g, grad clip %g (%s)", stage.stage,
+                 stage.window, stage.eps_high, stage.grad_clip, stage.reason)
 
 
 def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[str, float]:
@@ -135,10 +169,15 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
     return {**out, **agree}
 
 
+def states(p: Parts) -> dict:
+    """What a checkpoint keeps besides the learner: data position and window schedule."""
+    return {"data": p.stream.state(), "schedule": p.schedule.state_dict()}
+
+
 def finish(cfg: DictConfig, p: Parts) -> None:
     total = cfg.trainer.total_steps
     if p.start < total or not (p.run_dir / "checkpoints" / f"step_{total}").exists():
-        checkpoint.save(p.learner, p.run_dir, total, p.stream.state())
+        checkpoint.save(p.learner, p.run_dir, total, states(p))
     p.learner.export(str(p.run_dir / "final_model"))
     p.tokenizer.save_pretrained(p.run_dir / "final_model")
     p.logger.close()

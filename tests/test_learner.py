@@ -30,6 +30,7 @@ def _step(world: int, path: str, items: list[TrainItem]) -> tuple[dict, dict]:
         old, agree = group.old_logprobs(items)
         metrics = group.train_minibatch(items, old, "cispo", {"eps_low": 1.0, "eps_high": 0.28})
         weights = ray.get(group.state_dict_ref())
+        assert group.set_grad_clip(0.5) == [0.5] * world  # the staged window lowers it later
     finally:
         group.shutdown()
     assert len(old) == len(items) and all(len(o) == len(it.response_ids) for o, it in zip(old, items, strict=True))
