@@ -80,7 +80,9 @@ def rel(a, b):
 def run(layer, x, **kw):
     x = x.detach().clone().requires_grad_()
     out, _ = layer(x, None, None, **kw)
-    g = torch.randn_like(out, generator=torch.Generator(device=out.device).manual_seed(5))
+    # drawn in float64 then cast: randn in float32 and float64 gives different numbers
+    g = torch.randn(out.shape, dtype=torch.float64, device=out.device,
+                    generator=torch.Generator(device=out.device).manual_seed(5)).to(out.dtype)
     (out * g).sum().backward()
     grads = [x.grad] + [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad()
