@@ -171,7 +171,9 @@ def agreement(a):
                                  max_new_tokens=a.new, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
             resp = out.sequences[:, a.prompt:]
             roll = token_logprobs(torch.stack(out.logits, 1), resp)  # rollout: with cache
-            hidden = model.model(input_ids=out.sequences).last_hidden_state[:, a.prompt - 1:-1]
+            # use_cache=False: the learner's pass, no cache, so every lightning layer runs fla
+            hidden = model.model(input_ids=out.sequences, use_cache=False).last_hidden_state
+            hidden = hidden[:, a.prompt - 1:-1]
             if head == "fp32":
                 train, _ = model.lm_head(hidden, tokens=resp)
             else:
@@ -187,8 +189,8 @@ def agreement(a):
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']}: {a.layers}-layer hybrid, hidden {a.hidden}, V {cfg.vocab_size}, "
-          f"{a.batch}×{a.new} sampled tokens; rollout = generate (cache, recurrent lightning), "
-          "train = full pass (fla)")
+          f"{a.batch}×{a.new} sampled tokens; rollout = generate (prefill fla, then transformers' "
+          "one-token recurrence), train = full pass without cache (fla)")
     print(f"{'head':>5} | {'pearson p':>9} | {'pearson logp':>12} | {'mean |Δlogp|':>12} | mean logp")
     for r in rows:
         print(f"{r['head']:>5} | {r['pearson_prob']:9.5f} | {r['pearson_logprob']:12.5f} | "

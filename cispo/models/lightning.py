@@ -12,8 +12,9 @@ transformers (as in MiniMax-Text-01's release) is M1's 2^(−8(h+1)/H) times a p
 the layer.
 
 `patch_lightning_attention(model)` rebinds the forward of every lightning layer. The fla kernel runs
-when the input is on CUDA and no cache is in use (training and log-prob passes); generation with a
-cache and CPU runs keep transformers' loop. Packed micro-batches (B = 1, several sequences back to
+for every full-sequence pass on CUDA (training, log-probs, and a generation prefill, which also
+leaves the final KV state in the cache); decode steps (one token, state in the cache) and CPU runs
+keep transformers' code. Packed micro-batches (B = 1, several sequences back to
 back) take `cu_seq_lens_q` from the call's kwargs (HF's flash-attention convention) or, failing
 that, derive it from `position_ids` restarting at 0; the KV state then restarts at every
 sequence boundary, which transformers' loop (one state across the whole row) does not do.
@@ -44,7 +45,8 @@ def _cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq_len: int, kwa
 def fla_lightning_forward(self, hidden_states, position_embeddings=None, attention_mask=None,
                           past_key_values=None, **kwargs):
     """Same signature and result as MiniMaxLightningAttention.forward, via chunk_simple_gla."""
-    if past_key_values is not None or not hidden_states.is_cuda:
+    decoding = past_key_values is not None and past_key_values.get_linear_cache(self.layer_idx) is not None
+    if decoding or not hidden_states.is_cuda:  # one token at a time: transformers' recurrence
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask,
                                   past_key_values, **kwargs)
     from fla.ops.simple_gla import chunk_simple_gla
@@ -61,7 +63,12 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
     q, k, v = qkv.view(batch, seq_len, heads, 3 * dim).split(dim, dim=-1)
     cu = _cu_seqlens(kwargs.get("position_ids"), batch, seq_len, kwargs)
     g_gamma = -self.slope_rate.reshape(heads).float()
-    o, _ = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, cu_seqlens=cu)
+    # a prefill with a cache (generation, use_cache=True) leaves the final KV state for decoding
+    o, state = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, cu_seqlens=cu,
+                                output_final_state=past_key_values is not None)
+    if past_key_values is not None:
+        # transformers' decode step multiplies it with bf16 queries: same dtype as v
+        past_key_values.set_linear_cache(self.layer_idx, state.to(v.dtype))
     o = self.norm(o.reshape(batch, seq_len, heads * dim))
     o = F.sigmoid(self.output_gate(hidden_states)) * o
     # transformers returns the final KV state too; nothing in the decoder layer reads it
