@@ -11,9 +11,9 @@ advantage × log π) on random tokens. Reports tokens/s/GPU, MFU (6 × active ma
 token + the causal softmax-attention and lightning FLOPs, over 989 TFLOP/s dense bf16 for an H100
 SXM or H200) and peak memory.
 
-agreement: a small hybrid model samples responses with transformers' generate (KV cache, the
-recurrent lightning path: the rollout side), then the learner's full-sequence pass (fla, no cache:
-the train side) rescores the same tokens; per-token Pearson correlation of the probabilities and
+agreement: a small hybrid model samples responses with transformers' generate (the rollout side:
+prefill through fla, then transformers' one-token recurrence with its bf16 KV state), then the
+learner's full-sequence pass (fla, no cache: the train side) rescores the same tokens; per-token Pearson correlation of the probabilities and
 mean |Δ log p|, once with a BF16 head on both sides and once with the FP32 head on both sides.
 Prints tables and writes JSON; asserts nothing about speed.
 """
