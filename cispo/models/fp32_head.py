@@ -1,0 +1,64 @@
+"""The M1 FP32 LM head: a drop-in for a causal LM's `lm_head` that computes in IEEE FP32.
+
+`apply_fp32_head(model)` swaps `model.lm_head` (an `nn.Linear`) for `FP32LMHead`, which keeps its
+weight in float32 (the rest of the model stays in its own dtype, e.g. bf16) and computes the
+head's forward and backward in FP32 with TF32 off.
+
+Called as HF calls it, `head(hidden)`, it returns float32 logits (generation, small batches).
+Called with tokens, `head(hidden, tokens=..., temperature=..., with_entropy=...)`, it returns the
+tokens' log-probs (and entropies) through the chunked op, never holding [T, V] logits. Going
+through the module's own call matters under ZeRO-3: DeepSpeed gathers a module's partitioned
+parameters only around that module's forward (and its backward), so the learner must call the
+head, not read `head.weight` itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cispo.ops.chunked_logprobs import linear_token_logprobs
+from cispo.ops.fp32_matmul import fp32_linear
+
+
+class FP32LMHead(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().to(torch.float32), requires_grad=weight.requires_grad)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32))
+        self.out_features, self.in_features = self.weight.shape
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
+                temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
+        if tokens is None:
+            return fp32_linear(hidden, self.weight, self.bias)
+        if self.bias is not None:
+            raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
+                             "style LM head); call head(hidden) for full logits instead")
+        return linear_token_logprobs(hidden, self.weight, tokens, temperature,
+                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp32, no tf32"
+
+
+def apply_fp32_head(model: nn.Module) -> nn.Module:
+    """Replace `model.lm_head` with an FP32LMHead holding the same weights; returns the model.
+
+    Refuses tied embeddings: an FP32 copy of the head would silently untie it from the (bf16)
+    input embedding, changing the model. Call it after loading and before `deepspeed.initialize`;
+    note that DeepSpeed's bf16 mode casts every parameter, this one too, to bf16 (the head then
+    still computes in FP32 from bf16-rounded weights, and the FP32 master copy lives in the
+    optimizer).
+    """
+    head = model.get_output_embeddings()
+    if isinstance(head, FP32LMHead):
+        return model
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected model.lm_head to be nn.Linear, got {type(head).__name__}")
+    if getattr(model.config, "tie_word_embeddings", False):
+        raise ValueError("apply_fp32_head: this model ties lm_head to the input embedding; an FP32 "
+                         "head would untie them. Use a checkpoint with tie_word_embeddings=False.")
+    new = FP32LMHead(head.weight, head.bias).to(head.weight.device)
+    model.set_output_embeddings(new)
+    return model

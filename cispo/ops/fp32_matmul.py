@@ -1,0 +1,70 @@
+"""True-FP32 matrix products: TF32 off and autocast off, for the forward and the backward.
+
+M1 computes the LM head in full FP32 (train/rollout probability correlation 0.987 → 0.997). TF32
+keeps only 10 mantissa bits, so a head "in FP32" with TF32 on is not the recipe; and autocast
+would recast the operands to bf16. TF32 is a process-wide switch, so it is turned off only around
+the head's own products and restored afterwards, leaving the rest of the model as configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """Within the block, CUDA float32 matmuls run in IEEE FP32 and autocast is off."""
+    mm = torch.backends.cuda.matmul
+    new_api = hasattr(mm, "fp32_precision")  # torch ≥ 2.9; mixing the two APIs raises there
+    saved = mm.fp32_precision if new_api else mm.allow_tf32
+    try:
+        if new_api:
+            mm.fp32_precision = "ieee"
+        else:
+            mm.allow_tf32 = False
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        if new_api:
+            mm.fp32_precision = saved
+        else:
+            mm.allow_tf32 = saved
+
+
+class _FP32Linear(torch.autograd.Function):
+    """x Wᵀ (+ b) in FP32; the backward's two products also in FP32 without TF32."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        ctx.bias_dtype = None if b is None else b.dtype
+        with no_tf32():
+            y = x.float() @ w.float().T
+            if b is not None:
+                y = y + b.float()
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        with no_tf32():
+            gy = gy.float()
+            if ctx.needs_input_grad[0]:
+                gx = (gy @ w.float()).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                gw = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1]).float()).to(w.dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = gy.reshape(-1, gy.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return gx, gw, gb
+
+
+def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 x Wᵀ (+ b) computed in IEEE FP32 forward and backward, whatever the input dtypes.
+
+    Gradients come back in each input's own dtype.
+    """
+    return _FP32Linear.apply(x, weight, bias)
