@@ -42,6 +42,11 @@ class ModelConfig:
     tokenizer: str | None = None  # default: same as `name`
     dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU)
     trust_remote_code: bool = False
+    # M1: LM head in FP32 (forward and backward, no TF32): train/rollout probability correlation
+    # 0.987 -> 0.997. Log-probs then come from chunked FP32 products, never T x V logits.
+    fp32_lm_head: bool = True
+    # M1 rotates 64 of 128 head dims; transformers' minimax rotates all. null: the model's own
+    rotary_dim: int | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 

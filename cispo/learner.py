@@ -83,7 +83,8 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend)
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
-        model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False))
+        model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
+                           fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
         self.pad_id = load_tokenizer(model_path).pad_token_id
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
@@ -118,22 +119,31 @@ class LearnerWorker:
             else:
                 yield collate(chunk, self.pad_id, chunk_old)
 
-    def _token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from cispo.ops.logprobs import token_logprobs
+    def _token_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
+        """(log π of each next token, its entropy or None), shapes [B, L-1], from FP32 logits.
+
+        Through the engine's own forward: calling the base model and the chunked FP32 head
+        (cispo.models.fp32_head) directly gave 2 ZeRO-3 ranks different embedding gradients
+        from 1 rank, so the chunked path waits until that is understood."""
+        from cispo.ops.logprobs import token_entropy, token_logprobs
 
         ids = batch["input_ids"].to(self.engine.device)
         logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
-        return token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
+        lp = token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
+        return lp, token_entropy(logits[:, :-1], self.temperature) if with_entropy else None
 
     @torch.no_grad()
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
         """π_old of each response token, and sums for the train/rollout agreement metrics."""
         self.engine.eval()
         out: list[list[float]] = []
-        s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff"), 0.0)
+        s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
         for batch in self._micro_batches(items, None):
-            lp = self._token_logprobs(batch).cpu()
+            lp, ent = self._token_logprobs(batch, with_entropy=True)
+            lp = lp.cpu()
             m = batch["mask"] > 0
+            if ent is not None:
+                s["entropy"] += float(ent.cpu()[m].double().sum())
             x, y = lp[m].double(), batch["rollout_logprobs"][m].double()
             s["n"] += float(m.sum())
             s["x"] += float(x.sum())
@@ -159,7 +169,7 @@ class LearnerWorker:
         per_rank_samples = global_samples / self.world_size
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0}
         for batch in self._micro_batches(items, old):
-            lp = self._token_logprobs(batch)
+            lp, _ = self._token_logprobs(batch)
             dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
@@ -215,7 +225,8 @@ class LearnerGroup:
         per_rank = -(-samples_per_minibatch // self.W)
         self.n_micro = max(1, -(-per_rank // cfg.micro_batch_size))
         port = cfg.master_port or _free_port()
-        wcfg = {**_plain(cfg), "dtype": model_cfg.dtype, "trust_remote_code": model_cfg.trust_remote_code}
+        wcfg = {**_plain(cfg), "dtype": model_cfg.dtype, "trust_remote_code": model_cfg.trust_remote_code,
+                "fp32_lm_head": model_cfg.fp32_lm_head, "rotary_dim": model_cfg.rotary_dim}
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         self.workers = [LearnerWorker.options(**opts).remote(r, self.W, port, model_path, wcfg,
@@ -236,8 +247,11 @@ class LearnerGroup:
         vx = s["xx"] / n - (s["x"] / n) ** 2
         vy = s["yy"] / n - (s["y"] / n) ** 2
         pearson = cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
-        return lps, {"logprob/train_rollout_pearson": pearson,
-                     "logprob/train_rollout_abs_diff": s["absdiff"] / n}
+        out = {"logprob/train_rollout_pearson": pearson,
+               "logprob/train_rollout_abs_diff": s["absdiff"] / n}
+        if s["entropy"]:
+            out["logprob/entropy_mean"] = s["entropy"] / n  # of the policy at sampled positions
+        return lps, out
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
                         loss_kwargs: dict) -> dict[str, float]:

@@ -120,7 +120,8 @@ def build(cfg: DictConfig) -> Parts:
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
-    rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                             {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim})
     rollout.sync_weights(learner.state_dict_ref())
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)

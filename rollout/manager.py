@@ -20,7 +20,8 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 
 class RolloutManager:
-    def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                 model_options: dict | None = None):
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | None = None
@@ -31,7 +32,7 @@ class RolloutManager:
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
         self.workers = [
             GenerationWorker.options(**opts).remote(cfg.engine, model_path, dtype, cfg.torch_threads,
-                                                    trust_remote_code, device)
+                                                    trust_remote_code, device, model_options)
             for _ in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])

@@ -58,11 +58,28 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
     return str(out)
 
 
-def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, *,
+               fp32_head: bool = False, rotary_dim: int | None = None):
+    """The model every process uses (learner ranks and engines alike, so they compute the same
+    function): M1's partial RoPE when `rotary_dim` is set, an FP32 LM head when asked (and the
+    head is not tied), and fla's lightning kernel on CUDA for MiniMax models."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    if rotary_dim:
+        from cispo.models.rope import apply_m1_partial_rope
+
+        apply_m1_partial_rope(model, rotary_dim)
+    if fp32_head and not getattr(model.config, "tie_word_embeddings", False):
+        from cispo.models.fp32_head import apply_fp32_head
+
+        apply_fp32_head(model)
+    if torch.cuda.is_available() and model.config.model_type == "minimax":
+        from cispo.models.lightning import patch_lightning_attention
+
+        patch_lightning_attention(model)  # CPU passes keep transformers' loop inside
+    return model
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

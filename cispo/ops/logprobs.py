@@ -16,3 +16,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
         x = x / temperature
     picked = x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(x, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position, in float32 (no gradient use)."""
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    logp = torch.log_softmax(x, dim=-1)
+    return -(logp.exp() * logp).sum(-1)

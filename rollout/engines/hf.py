@@ -12,10 +12,12 @@ from rollout.types import Sample, SamplingParams
 @register_engine("hf")
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, model_options: dict | None = None):
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.model = load_model(model_path, dtype, trust_remote_code).to(self.device).eval()
+        # model_options (fp32_head, rotary_dim): the learner's, so both compute the same model
+        self.model = load_model(model_path, dtype, trust_remote_code,
+                                **(model_options or {})).to(self.device).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
 
