@@ -23,7 +23,7 @@ from rewards.registry import reward
 MODES = ("fraction", "all")
 
 
-def test_cases(tests: Any) -> list[tuple[str, str]]:
+def parse_test_cases(tests: Any) -> list[tuple[str, str]]:
     """Normalise the accepted test-case forms to [(stdin, expected stdout), ...]."""
     if isinstance(tests, str):
         tests = json.loads(tests)
@@ -53,7 +53,7 @@ def code_reward(completion: str, reference: Any = None, tests: Any = None, mode:
                 backend: str = "docker", image: str | None = None) -> dict[str, float] | None:
     if mode not in MODES:
         raise ValueError(f"reward.options.code.mode={mode!r}: use one of {MODES}")
-    cases = test_cases(tests if tests is not None else reference) if (
+    cases = parse_test_cases(tests if tests is not None else reference) if (
         tests is not None or reference is not None) else []
     if not cases:
         return None

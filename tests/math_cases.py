@@ -59,6 +59,6 @@ ADVERSARIAL = {
     "megabyte_unclosed": ("2", "\\boxed{1" * 150_000),
     "megabyte_no_box": ("2", "a" * 1_000_000),
     "deep_parens": ("1", "\\boxed{" + "(" * 450 + "1" + ")" * 450 + "}"),
-    "deep_frac": ("1", "\\boxed{" + "\\frac{1}{" * 90 + "1" + "}" * 90 + "}"),
+    "deep_frac": ("2", "\\boxed{" + "\\frac{1}{" * 90 + "1" + "}" * 90 + "}"),
     "deep_sqrt": ("2", "\\boxed{" + "\\sqrt{" * 120 + "2" + "}" * 120 + "}"),
 }
