@@ -236,6 +236,9 @@ class RewardManager:
                             "; ".join(sorted({f"{r.status}: {r.error}" for r in failed})[:3]))
             if counts["skips"]:
                 log.info("reward %s: %d of %d samples skipped", name, counts["skips"], len(rs))
+        every = sorted(r.latency_s for rs in per_reward.values() for r in rs.values())
+        m["reward/latency_p50_s"] = _quantile(every, 0.50)
+        m["reward/latency_p99_s"] = _quantile(every, 0.99)
         m["reward/errors"] = float(totals["errors"])
         m["reward/timeouts"] = float(totals["timeouts"])
         m["reward/abandoned_threads"] = float(self.abandoned_threads)

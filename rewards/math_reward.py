@@ -1,13 +1,13 @@
 """The `math` reward: last `\\boxed{}` answer vs the reference, judged by math-verify in a sandbox.
 
-    {"score": 1.0 | 0.0, "no_box": 0|1, "timeout": 0|1, "parse_error": 0|1}
-
 1.0 if equivalent under the normalisation policy (rewards.math_normalize) and math-verify,
 gold first. No boxed answer → 0 without a sandbox call; a reference of None → skip. Verdicts the
 policy decides alone (plain integers, choice letters, set vs tuple, over-long answers) need no
 sandbox; the rest go to a warm sandboxed worker (sandboxes.scoring), because parsing model
 output with sympy can be made to hang in C or eat memory: the worker is killed and replaced at
-its wall clock, and the answer scores 0 (`timeout` = 1 in the extras).
+its wall clock, and the answer scores 0. It returns a plain float (callers compare it with
+1.0); how often there was no box, a verdict timed out, or math-verify raised is counted in
+`reward/math/{no_box,verdict_timeouts,parse_errors}_total` (see `stats`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SERVER = "math_verdict_server.py"  # sandboxes/servers/
 _pool = None
 _pool_lock = threading.Lock()
 _settings = {"verdict_timeout_s": 10.0, "soft_timeout_s": 3}
+_counts = {"no_box": 0, "verdict_timeouts": 0, "parse_errors": 0}  # since the process started
 
 
 def configure(spec: Any, num_workers: int, verdict_timeout_s: float, soft_timeout_s: int = 3):
@@ -80,10 +81,11 @@ def setup(options: dict, sandbox_cfg: Any) -> None:
 def stats() -> dict[str, float]:
     with _pool_lock:
         p = _pool
-    if p is None:
-        return {}
-    return {"sandbox/restarts": float(p.stats["restarts"]),
-            "sandbox/timeouts": float(p.stats["timeouts"])}
+    out = {f"reward/math/{k}_total": float(v) for k, v in _counts.items()}
+    if p is not None:
+        out.update({"sandbox/restarts": float(p.stats["restarts"]),
+                    "sandbox/timeouts": float(p.stats["timeouts"])})
+    return out
 
 
 def verdict(gold: str, answer: str) -> dict[str, float]:
@@ -103,19 +105,22 @@ def verdict(gold: str, answer: str) -> dict[str, float]:
         resp = pool().request(req, _settings["verdict_timeout_s"])
     except SandboxTimeout:  # the model's answer hung the verdict: it is not a correct answer
         out["timeout"] = 1.0
+        _counts["verdict_timeouts"] += 1
         return out
     if "error" in resp:  # math-verify raised on this answer: not a correct answer either
         out["parse_error"] = 1.0
+        _counts["parse_errors"] += 1
         return out
     out["score"] = 1.0 if resp.get("verdict") else 0.0
     return out
 
 
 @reward("math", isolation="thread", setup=setup, teardown=shutdown, stats=stats)
-def math_reward(completion: str, reference: Any = None, prompt: str = "") -> dict[str, float] | None:
+def math_reward(completion: str, reference: Any = None, prompt: str = "") -> float | None:
     if reference is None:
         return None  # nothing to compare with: skip rather than teach "0"
     answer = last_boxed(complete_open_box(prompt or "", completion))
     if answer is None:
-        return {"score": 0.0, "no_box": 1.0, "timeout": 0.0, "parse_error": 0.0}
-    return {**verdict(str(reference), answer), "no_box": 0.0}
+        _counts["no_box"] += 1
+        return 0.0
+    return verdict(str(reference), answer)["score"]

@@ -37,7 +37,7 @@ def sandbox():
     M.shutdown()
 
 
-def score(completion: str, reference: str) -> dict:
+def score(completion: str, reference: str) -> float | None:
     return M.math_reward(completion=completion, reference=reference)
 
 
@@ -46,15 +46,16 @@ LABELLED = [(group, g, a, eq) for group, cases in CASES.items() for g, a, eq in 
 
 def test_labelled_cases_accuracy(sandbox):
     assert len(LABELLED) >= 60
+    before = dict(M._counts)
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda c: score(f"so the answer is \\boxed{{{c[2]}}}.", c[1]), LABELLED))
-    wrong = [(c, r) for c, r in zip(LABELLED, got, strict=True) if (r["score"] == 1.0) != c[3]]
+    wrong = [(c, r) for c, r in zip(LABELLED, got, strict=True) if (r == 1.0) != c[3]]
     accuracy = 1 - len(wrong) / len(LABELLED)
     print(f"math reward: {len(LABELLED) - len(wrong)}/{len(LABELLED)} labelled cases right")
     for c, r in wrong:
         print("  wrong:", c, r)
     assert accuracy >= 0.95, wrong
-    assert all(r["timeout"] == 0 and r["parse_error"] == 0 for r in got)
+    assert M._counts == before  # no box missing, no verdict timed out or raised
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
@@ -63,14 +64,14 @@ def test_adversarial_inputs_score_zero_within_the_limit(sandbox, name):
     t0 = time.monotonic()
     r = score(completion, reference)
     took = time.monotonic() - t0
-    assert r["score"] == 0.0, r
+    assert r == 0.0
     # worst case: the hard limit, then a replacement container starts (a few seconds)
     assert took < VERDICT_TIMEOUT_S + 15, took
 
 
 def test_hang_past_the_soft_limit_kills_and_replaces_the_container(sandbox):
     """With math-verify's own timeout off, only the container kill can end a power tower."""
-    restarts = sandbox.stats["restarts"]
+    restarts, timeouts = sandbox.stats["restarts"], M._counts["verdict_timeouts"]
     M._settings["soft_timeout_s"] = 0
     try:
         t0 = time.monotonic()
@@ -78,20 +79,20 @@ def test_hang_past_the_soft_limit_kills_and_replaces_the_container(sandbox):
         took = time.monotonic() - t0
     finally:
         M._settings["soft_timeout_s"] = 2
-    assert r == {"score": 0.0, "timeout": 1.0, "parse_error": 0.0, "no_box": 0.0}
+    assert r == 0.0 and M._counts["verdict_timeouts"] == timeouts + 1
     assert took < VERDICT_TIMEOUT_S + 15, took
     assert sandbox.stats["restarts"] == restarts + 1
-    assert score("\\boxed{4}", "2+2")["score"] == 1.0  # the replacement answers
+    assert score("\\boxed{4}", "2+2") == 1.0  # the replacement answers
 
 
 def test_no_box_and_no_reference():
-    assert score("the answer is 4", "4") == {"score": 0.0, "no_box": 1.0, "timeout": 0.0,
-                                              "parse_error": 0.0}
+    no_box = M._counts["no_box"]
+    assert score("the answer is 4", "4") == 0.0 and M._counts["no_box"] == no_box + 1
     assert M.math_reward(completion="\\boxed{4}", reference=None) is None
 
 
 def test_prompt_that_opens_the_box(sandbox):
-    assert M.math_reward(completion="3}", reference="3", prompt="1+2=\\boxed{")["score"] == 1.0
+    assert M.math_reward(completion="3}", reference="3", prompt="1+2=\\boxed{") == 1.0
 
 
 def test_manager_starts_the_pool_from_the_sandbox_config(sandbox):
@@ -110,6 +111,6 @@ def test_manager_starts_the_pool_from_the_sandbox_config(sandbox):
     with RewardManager(cfg, sb) as mgr:
         scores, m = mgr.score(items)
     assert scores == [1.5, 1.0, 0.0, 0.0, 1.0]
-    assert m["reward/math/no_box"] == pytest.approx(1 / 5)
+    assert m["reward/math/no_box_total"] >= 1
     assert m["reward/format/mean"] == pytest.approx(1 / 4)
     assert m["sandbox/restarts"] == 0.0 and m["reward/errors"] == 0.0
