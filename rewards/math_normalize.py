@@ -17,12 +17,16 @@ tests/test_rewards_math.py:
 - **text choices**: when the reference is a choice letter A–E (`B`, `(B)`, `\\text{(B)}`), the
   answer must name the same letter in any of those forms (`\\textbf{B}`, `(B) 12`); the option's
   content alone is not accepted.
+- **plain numbers** (integers, decimals, fractions of integers) compare exactly on the host:
+  `\\frac{3}{4}` = `0.75` = `3/4`; an answer within 0.1% of the reference but not equal goes to
+  math-verify (its rounding decides `0.333333` vs `\\frac13`).
 - **length**: an answer longer than `MAX_ANSWER_CHARS` scores 0 without parsing.
 """
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 MAX_ANSWER_CHARS = 1000  # a boxed answer longer than this is not an answer (megabyte outputs)
 
@@ -31,7 +35,10 @@ _PERCENT = re.compile(r"(?:\\%|%|\\text\{\s*\\?%\s*\})\s*$")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:(?:,|\{,\}|\\,)\d{3})+)(?![\d,])")
 _SEPARATOR = re.compile(r",|\{,\}|\\,")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?=$|[\s.:)])")
-_INTEGER = re.compile(r"^-?\d+$")
+_RATIONAL = re.compile(  # 12, -3.75, 3/4, \frac{3}{4}, -\dfrac{-3}{4}: at most 30 digits a part
+    r"^(-?)(?:(\d{1,30}(?:\.\d{1,30})?)|(\d{1,30})/(\d{1,30})|"
+    r"\\[dt]?frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}|\\[dt]?frac(\d)(\d))$")
+CLOSE = Fraction(1, 1000)  # relative gap under which math-verify's rounding decides
 
 
 def _strip_wrappers(s: str) -> str:
@@ -79,6 +86,22 @@ def bracket_kind(s: str) -> str | None:
     return None
 
 
+def as_rational(s: str) -> Fraction | None:
+    """The exact value of a plain number (integer, decimal, fraction of integers), else None."""
+    m = _RATIONAL.match(s.replace(" ", ""))
+    if not m:
+        return None
+    sign, dec, p, q, fp, fq, sp, sq = m.groups()
+    if dec is not None:
+        v = Fraction(dec)
+    else:
+        num, den = (p, q) if p is not None else (fp, fq) if fp is not None else (sp, sq)
+        if int(den) == 0:
+            return None
+        v = Fraction(int(num), int(den))
+    return -v if sign else v
+
+
 def quick_verdict(gold: str, answer: str) -> bool | None:
     """A verdict decided by the policy alone (no sympy), or None to ask math-verify."""
     if len(answer) > MAX_ANSWER_CHARS:
@@ -86,8 +109,15 @@ def quick_verdict(gold: str, answer: str) -> bool | None:
     if is_choice_reference(gold):
         return choice_letter(answer) == choice_letter(gold)
     g, a = normalize(gold), normalize(answer)
-    if _INTEGER.match(g) and _INTEGER.match(a):  # the common case, exact
-        return int(g) == int(a)
+    # Plain numbers, the bulk of math RL answers, compare exactly here; only answers within
+    # 0.1% of the reference (where math-verify's rounding may call them equal) go on.
+    x, y = as_rational(g), as_rational(a)
+    if x is not None and y is not None:
+        if x == y:
+            return True
+        if abs(x - y) > CLOSE * max(1, abs(x)):
+            return False
+        return None
     kinds = {bracket_kind(g), bracket_kind(a)}
     if kinds == {"set", "ordered"}:
         return False

@@ -12,6 +12,7 @@ its wall clock, and the answer scores 0. It returns a plain float (callers compa
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -23,6 +24,7 @@ from rewards.registry import reward
 log = logging.getLogger(__name__)
 
 SERVER = "math_verdict_server.py"  # sandboxes/servers/
+CACHE_SIZE = 65536  # distinct (reference, answer) verdicts kept in memory (a few MB)
 _pool = None
 _pool_lock = threading.Lock()
 _settings = {"verdict_timeout_s": 10.0, "soft_timeout_s": 3}
@@ -38,6 +40,7 @@ def configure(spec: Any, num_workers: int, verdict_timeout_s: float, soft_timeou
         if _pool is not None:
             _pool.close()
         _pool = ScoringPool(spec, num_workers)
+        _sandbox_verdict.cache_clear()  # new settings or image: verdicts are asked afresh
         _settings.update(verdict_timeout_s=float(verdict_timeout_s),
                          soft_timeout_s=int(soft_timeout_s))
         return _pool
@@ -90,29 +93,43 @@ def stats() -> dict[str, float]:
 
 def verdict(gold: str, answer: str) -> dict[str, float]:
     """Equivalence of two answer strings: {"score", "timeout", "parse_error"}."""
-    from sandboxes.scoring import SandboxTimeout
-
     out = {"score": 0.0, "timeout": 0.0, "parse_error": 0.0}
     quick = quick_verdict(gold, answer)
     if quick is not None:
         out["score"] = float(quick)
         return out
-    g, a = normalize(gold), normalize(answer)
+    result = _sandbox_verdict(normalize(gold), normalize(answer), _settings["soft_timeout_s"],
+                              _settings["verdict_timeout_s"])
+    if result == "equal":
+        out["score"] = 1.0
+    elif result == "timeout":
+        out["timeout"] = 1.0
+    elif result == "parse_error":
+        out["parse_error"] = 1.0
+    return out
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _sandbox_verdict(g: str, a: str, soft_timeout_s: int, verdict_timeout_s: float) -> str:
+    """"equal" | "different" | "timeout" | "parse_error", from a warm sandboxed worker.
+
+    Cached: the G samples of a group share a reference and often an answer, and a repeated
+    answer that hung the verdict would hang it again (a crash raises and is not cached).
+    """
+    from sandboxes.scoring import SandboxTimeout
+
     # math-verify finds an expression by its LaTeX delimiters; the box is the clearest.
     req = {"gold": g if "\\boxed" in g else f"\\boxed{{{g}}}", "answer": f"\\boxed{{{a}}}",
-           "soft_timeout_s": _settings["soft_timeout_s"]}
+           "soft_timeout_s": soft_timeout_s}
     try:
-        resp = pool().request(req, _settings["verdict_timeout_s"])
+        resp = pool().request(req, verdict_timeout_s)
     except SandboxTimeout:  # the model's answer hung the verdict: it is not a correct answer
-        out["timeout"] = 1.0
         _counts["verdict_timeouts"] += 1
-        return out
+        return "timeout"
     if "error" in resp:  # math-verify raised on this answer: not a correct answer either
-        out["parse_error"] = 1.0
         _counts["parse_errors"] += 1
-        return out
-    out["score"] = 1.0 if resp.get("verdict") else 0.0
-    return out
+        return "parse_error"
+    return "equal" if resp.get("verdict") else "different"
 
 
 @reward("math", isolation="thread", setup=setup, teardown=shutdown, stats=stats)

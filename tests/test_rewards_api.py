@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from fractions import Fraction
 
 import pytest
 from math_cases import CASES
@@ -16,7 +17,7 @@ from rewards.extract import last_code_block, unified_diff
 from rewards.format_reward import format_reward
 from rewards.genrm import judge_prompt, parse_grade, parse_pairwise, verdict_score
 from rewards.length_penalty import overlong_penalty
-from rewards.math_normalize import choice_letter, normalize, quick_verdict
+from rewards.math_normalize import as_rational, choice_letter, normalize, quick_verdict
 from rewards.outcome import BadRewardValue, coerce
 from rewards.swe_reward import find_instance
 
@@ -75,7 +76,11 @@ def test_policy_decisions_without_a_sandbox():
     assert quick_verdict("B", "\\text{(B)}") is True and quick_verdict("B", "C") is False
     assert quick_verdict("\\{1,2\\}", "(1,2)") is False
     assert quick_verdict("1", "1" * 2000) is False  # over-long answers score 0 unparsed
-    assert quick_verdict("\\frac12", "0.5") is None  # math-verify decides
+    assert quick_verdict("\\frac12", "0.5") is True  # plain numbers: exact, on the host
+    assert quick_verdict("\\frac13", "0.33") is False
+    assert quick_verdict("\\frac13", "0.333333") is None  # within 0.1%: math-verify decides
+    assert quick_verdict("\\sqrt{2}", "2^{1/2}") is None  # symbolic: math-verify decides
+    assert as_rational("-\\dfrac{3}{4}") == Fraction(-3, 4) and as_rational("1/0") is None
     groups = {g for g in CASES}
     assert {"percent", "units", "thousands", "equation", "intervals", "sets_tuples",
             "choices"} <= groups

@@ -14,10 +14,15 @@ import sys
 
 
 def main():
+    import functools
     import logging
 
     from math_verify import parse, verify  # imported once: this is what makes a worker "warm"
 
+    # the G samples of a group share one reference: parse it once (parsed values are not
+    # mutated by verify)
+    parse_gold = functools.lru_cache(maxsize=4096)(
+        lambda text, t: parse(text, parsing_timeout=t))
     logging.disable(logging.CRITICAL)  # math-verify logs each timeout; the verdict says it
     out = sys.stdout
     for line in sys.stdin:
@@ -33,7 +38,7 @@ def main():
                 resp = {"id": rid, "pong": True}
             else:
                 t = int(req.get("soft_timeout_s") or 0) or None  # whole seconds (signal.alarm)
-                gold = parse(str(req["gold"]), parsing_timeout=t)
+                gold = parse_gold(str(req["gold"]), t)
                 pred = parse(str(req["answer"]), parsing_timeout=t)
                 # gold first: math-verify's comparison is not symmetric
                 ok = bool(gold and pred and verify(gold, pred, timeout_seconds=t))
