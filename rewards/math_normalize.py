@@ -18,8 +18,8 @@ tests/test_rewards_math.py:
   answer must name the same letter in any of those forms (`\\textbf{B}`, `(B) 12`); the option's
   content alone is not accepted.
 - **plain numbers** (integers, decimals, fractions of integers) compare exactly on the host:
-  `\\frac{3}{4}` = `0.75` = `3/4`; an answer within 0.1% of the reference but not equal goes to
-  math-verify (its rounding decides `0.333333` vs `\\frac13`).
+  `\\frac{3}{4}` = `0.75` = `3/4`; a non-integer within 1e-5 (relative) of the reference but
+  not equal goes to math-verify (its rounding decides `0.333333` vs `\\frac13`).
 - **length**: an answer longer than `MAX_ANSWER_CHARS` scores 0 without parsing.
 """
 
@@ -38,7 +38,8 @@ _CHOICE = re.compile(r"^\(?([A-E])\)?(?=$|[\s.:)])")
 _RATIONAL = re.compile(  # 12, -3.75, 3/4, \frac{3}{4}, -\dfrac{-3}{4}: at most 30 digits a part
     r"^(-?)(?:(\d{1,30}(?:\.\d{1,30})?)|(\d{1,30})/(\d{1,30})|"
     r"\\[dt]?frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}|\\[dt]?frac(\d)(\d))$")
-CLOSE = Fraction(1, 1000)  # relative gap under which math-verify's rounding decides
+# relative gap under which math-verify's rounding (6 decimals) may call two numbers equal
+CLOSE = Fraction(1, 100_000)
 
 
 def _strip_wrappers(s: str) -> str:
@@ -109,13 +110,13 @@ def quick_verdict(gold: str, answer: str) -> bool | None:
     if is_choice_reference(gold):
         return choice_letter(answer) == choice_letter(gold)
     g, a = normalize(gold), normalize(answer)
-    # Plain numbers, the bulk of math RL answers, compare exactly here; only answers within
-    # 0.1% of the reference (where math-verify's rounding may call them equal) go on.
+    # Plain numbers, the bulk of math RL answers, compare exactly here; only non-integers
+    # within 1e-5 of the reference (where math-verify's rounding may call them equal) go on.
     x, y = as_rational(g), as_rational(a)
     if x is not None and y is not None:
         if x == y:
             return True
-        if abs(x - y) > CLOSE * max(1, abs(x)):
+        if (x.denominator == 1 and y.denominator == 1) or abs(x - y) > CLOSE * max(1, abs(x)):
             return False
         return None
     kinds = {bracket_kind(g), bracket_kind(a)}

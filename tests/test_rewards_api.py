@@ -78,7 +78,8 @@ def test_policy_decisions_without_a_sandbox():
     assert quick_verdict("1", "1" * 2000) is False  # over-long answers score 0 unparsed
     assert quick_verdict("\\frac12", "0.5") is True  # plain numbers: exact, on the host
     assert quick_verdict("\\frac13", "0.33") is False
-    assert quick_verdict("\\frac13", "0.333333") is None  # within 0.1%: math-verify decides
+    assert quick_verdict("\\frac13", "0.333333") is None  # within 1e-5: math-verify decides
+    assert quick_verdict("50000", "50001") is False  # integers: exact
     assert quick_verdict("\\sqrt{2}", "2^{1/2}") is None  # symbolic: math-verify decides
     assert as_rational("-\\dfrac{3}{4}") == Fraction(-3, 4) and as_rational("1/0") is None
     groups = {g for g in CASES}
