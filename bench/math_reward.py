@@ -120,6 +120,7 @@ def main() -> None:
     from cispo.config import RewardConfig, SandboxConfig
     from rewards.manager import RewardManager
 
+    load_before = os.getloadavg()
     rng = random.Random(0)
     labelled = [(g, a) for cases in CASES.values() for g, a, _ in cases]
     workloads = {
@@ -137,11 +138,15 @@ def main() -> None:
         for name, pairs in workloads.items():
             # labelled: one batch per pass over the 62 distinct pairs, so none repeats in a batch
             rows.append(run(name, pairs, mgr, len(labelled) if name == "labelled" else args.batch))
+    # the machine may be shared: the load average says how much else was running
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "processor": platform.processor() or "?"}
+               "python": platform.python_version(), "processor": platform.processor() or "?",
+               "loadavg_1m_before": round(load_before[0], 2),
+               "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     cols = ["workload", "verdicts", "seconds", "verdicts_per_s", "latency_p50_ms",
             "latency_p99_ms", "errors", "timeouts", "sandbox_restarts"]
-    print(f"math reward, {args.workers} sandbox workers (docker), {os.cpu_count()} CPUs; "
+    print(f"math reward, {args.workers} sandbox workers (docker), {os.cpu_count()} CPUs "
+          f"(load {machine['loadavg_1m_before']} → {machine['loadavg_1m_after']}); "
           f"pool start {start_s:.1f} s")
     print(" | ".join(f"{c:>15}" for c in cols))
     for r in rows:
