@@ -18,7 +18,6 @@ completes.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -216,7 +215,8 @@ class RewardManager:
                       "errors": sum(r.status == "error" for r in rs),
                       "timeouts": sum(r.status == "timeout" for r in rs)}
             p = f"reward/{name}/"
-            m[p + "mean"] = sum(scored) / len(scored) if scored else math.nan
+            if scored:  # all skipped: no mean (NaN would not survive metrics.jsonl as JSON)
+                m[p + "mean"] = sum(scored) / len(scored)
             for k, v in counts.items():
                 m[p + k] = float(v)
             m[p + "latency_p50_s"] = _quantile(lat, 0.50)
