@@ -106,6 +106,16 @@ def run(workload: str, pairs: list[tuple[str, str]], mgr, batch: int) -> dict:
             "sandbox_restarts": m.get("sandbox/restarts", 0.0)}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="sandbox containers (one per core)")
@@ -140,7 +150,7 @@ def main() -> None:
             rows.append(run(name, pairs, mgr, len(labelled) if name == "labelled" else args.batch))
     # the machine may be shared: the load average says how much else was running
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "processor": platform.processor() or "?",
+               "python": platform.python_version(), "processor": _cpu_model(),
                "loadavg_1m_before": round(load_before[0], 2),
                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     cols = ["workload", "verdicts", "seconds", "verdicts_per_s", "latency_p50_ms",
