@@ -54,7 +54,7 @@ def typical_pairs(n: int, rng: random.Random, integers: float = 0.7, fractions: 
                 a = str(p / q)
             pair = (f"\\frac{{{p}}}{{{q}}}", a if right else f"\\frac{{{p + 1}}}{{{q}}}")
         else:
-            k = rng.randint(2, 300)
+            k = rng.randint(2, 5000)
             forms = [(f"{k}\\sqrt{{2}}", f"\\sqrt{{{2 * k * k}}}"), (f"\\frac{{\\pi}}{{{k}}}", f"\\pi/{k}")]
             g, a = forms[rng.randrange(2)]
             pair = (g, a if right else f"{k + 1}\\sqrt{{3}}")
