@@ -1,14 +1,15 @@
 """Score completions from the command line, exactly as training would (same manager, limits).
 
     python -m rewards.score --reward math --completion 'so \\boxed{4}' --reference 4
-    {"score": 1.0, "no_box": 0.0, "timeout": 0.0, "parse_error": 0.0}
+    {"score": 1.0}
 
     python -m rewards.score --jsonl in.jsonl [--out out.jsonl]
 
 Each input line is {"reward": NAME, "completion": ..., "reference": ..., "prompt": ...,
 "metadata": {...}, any other column...}; each output line (same order) has `score` (null for a
 skip), the reward's extras, and `error` when the call failed (its score is then the failure
-policy's). `--module my_rewards.py` (repeatable) registers your own rewards first;
+policy's). `--module my_rewards.py` (repeatable) registers your own rewards first; `--reward`
+may also name a plain function in such a file (no decorator needed to try one out);
 `--option name.key=value` sets reward.options (value parsed as JSON when it parses).
 Exit status is non-zero only for usage errors (bad flags, unknown --reward, missing files).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.manager import RewardManager, parse_route
-from rewards.registry import get_spec, load_module
+from rewards.registry import REWARDS, get_spec, load_module, reward
 
 
 def _config(names: list[str], modules: list[str], options: dict, timeout_s: float,
@@ -42,6 +43,26 @@ def _config(names: list[str], modules: list[str], options: dict, timeout_s: floa
                               memory_mb=512, cpus=1.0, pids_limit=64, verdict_timeout_s=10.0,
                               start_timeout_s=60.0)
     return cfg, sandbox
+
+
+def resolve(name: str, module_names: list[str]) -> str:
+    """The registered reward `name`, or a function of that name in a --module file (registered
+    under its own name if it has no @reward, so a plain function can be tried as is)."""
+    try:
+        get_spec(name)
+        return name
+    except KeyError:
+        pass
+    for mod in module_names:
+        fn = getattr(sys.modules[mod], name, None)
+        if callable(fn):
+            for spec in REWARDS.values():
+                if spec.fn is fn:
+                    return spec.name
+            reward(name)(fn)
+            return name
+    get_spec(name)  # raises the registry's message (the known names)
+    return name
 
 
 def _parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -71,6 +92,7 @@ def score_rows(rows: list[dict | str], modules: list[str], options: dict, timeou
     """One result dict per row, in order. A row that is not a valid request gets an error."""
     out: list[dict[str, Any] | None] = [None] * len(rows)
     items, where, names = [], [], []
+    module_names = [load_module(m) for m in modules]
     for i, row in enumerate(rows):
         if isinstance(row, str):  # an unparsable input line
             out[i] = {"score": None, "error": row}
@@ -81,7 +103,7 @@ def score_rows(rows: list[dict | str], modules: list[str], options: dict, timeou
             problem = "each line needs \"reward\" (a name) and \"completion\" (a string)"
         else:
             try:
-                get_spec(name)
+                name = resolve(name, module_names)
             except KeyError as e:
                 problem = str(e.args[0])
         if problem:
@@ -126,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = _parse_options(args.option)
-        for m in args.module:
-            load_module(m)
+        module_names = [load_module(m) for m in args.module]
     except (ValueError, FileNotFoundError, ImportError) as e:
         ap.error(str(e))
     if args.jsonl:
@@ -157,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference is not None and args.reference_json is not None:
         ap.error("give --reference or --reference-json, not both")
     try:
-        get_spec(args.reward)
+        name = resolve(args.reward, module_names)
     except KeyError as e:
         ap.error(str(e.args[0]))
     reference: Any = args.reference
@@ -166,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = json.loads(args.reference_json)
         except ValueError as e:
             ap.error(f"--reference-json is not JSON: {e}")
-    row = {"reward": args.reward, "completion": args.completion, "reference": reference,
+    row = {"reward": name, "completion": args.completion, "reference": reference,
            "prompt": args.prompt}
     print(json.dumps(score_rows([row], args.module, options, args.timeout_s,
                                 args.sandbox_backend)[0]))

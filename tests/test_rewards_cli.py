@@ -26,6 +26,9 @@ MODULE = textwrap.dedent('''
             while True:
                 pass
         return {"score": scale * len(completion), "ref_is_list": isinstance(reference, list)}
+
+    def plain_upper(completion):  # no decorator: the CLI can still try it
+        return float(completion.isupper())
 ''')
 
 
@@ -47,6 +50,15 @@ def test_single_completion(work):
             "--reference-json", "[1, 2]", "--option", "cli_len.scale=2")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"score": 6.0, "ref_is_list": 1.0}
+
+
+def test_a_plain_function_in_the_module_can_be_named(work):
+    r = cli(work, "--module", "cli_rewards.py", "--reward", "plain_upper", "--completion", "ABC")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"score": 1.0}
+    (work / "plain.jsonl").write_text(json.dumps({"reward": "plain_upper", "completion": "ab"}))
+    r = cli(work, "--module", "cli_rewards.py", "--jsonl", "plain.jsonl")
+    assert [json.loads(x) for x in r.stdout.splitlines()] == [{"score": 0.0}]
 
 
 def test_jsonl_in_order_with_skips_errors_and_timeouts(work):
