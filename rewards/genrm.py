@@ -9,7 +9,9 @@ MiniMax-M1's two modes (report §4.2, general tasks):
   answer and says better / tie / worse → 1 / 0 / -1.
 
 The judge is any checkpoint the rollout engines load (`model`, `engine`: "hf" here, vLLM in
-production), in one Ray actor started by the manager's setup. Its verdict is parsed robustly
+production), in one Ray actor: started by the manager's setup when Ray is already up, else on
+the first call (train.py builds the manager before it starts Ray; the judge must not start a
+one-CPU Ray of its own first). Its verdict is parsed robustly
 (`parse_grade`, `parse_pairwise`: the last explicit verdict wins, in the forms judges actually
 write); an output with no verdict is skipped (`on_unparsed="skip"`, counted as
 `reward/genrm/unparsed`) or scored `unparsed_score` (`on_unparsed="score"`). Configure with
@@ -147,6 +149,7 @@ class Judge:
 
 
 _actor = None
+_options: dict[str, Any] = {}
 _lock = threading.Lock()
 _counts = {"judged": 0, "unparsed": 0}
 ACTOR_OPTIONS = ("model", "engine", "dtype", "max_new_tokens", "temperature", "max_prompt_tokens",
@@ -154,20 +157,38 @@ ACTOR_OPTIONS = ("model", "engine", "dtype", "max_new_tokens", "temperature", "m
 
 
 def setup(options: dict, sandbox_cfg: Any = None) -> None:
-    """Start the judge actor (the manager calls this; Ray is started locally if it is not up)."""
-    global _actor
+    """Check the options; start the judge actor now if Ray is up, else on the first call (so a
+    manager built before the training loop starts Ray does not start a Ray of its own)."""
     import ray
 
     if "model" not in options:
         raise ValueError("reward genrm needs reward.options.genrm.model: a judge checkpoint path "
                          "or hub id that the rollout engine can load")
-    if not ray.is_initialized():
-        ray.init(num_cpus=options.get("num_cpus", 1), include_dashboard=False,
-                 configure_logging=False)
-    kw = {k: options[k] for k in ACTOR_OPTIONS if k in options}
-    cls = ray.remote(num_cpus=options.get("num_cpus", 1), num_gpus=options.get("num_gpus", 0))(Judge)
     with _lock:
-        _actor = cls.remote(**kw)
+        _options.clear()
+        _options.update(options)
+    if ray.is_initialized():
+        _ensure_actor()
+
+
+def _ensure_actor():
+    global _actor
+    import ray
+
+    with _lock:
+        if _actor is None:
+            if not _options:
+                raise RuntimeError("the genrm judge is not configured: use it through the "
+                                   "RewardManager (or call rewards.genrm.setup({'model': ...}))")
+            if not ray.is_initialized():
+                # ray.init installs signal handlers: main thread only; reward calls run in
+                # threads, so whoever runs the manager starts Ray (train.py does; the CLI does)
+                raise RuntimeError("the genrm judge needs Ray: call ray.init() before scoring")
+            kw = {k: _options[k] for k in ACTOR_OPTIONS if k in _options}
+            cls = ray.remote(num_cpus=_options.get("num_cpus", 1),
+                             num_gpus=_options.get("num_gpus", 0))(Judge)
+            _actor = cls.remote(**kw)
+        return _actor
 
 
 def teardown() -> None:
@@ -178,6 +199,7 @@ def teardown() -> None:
         if _actor is not None:
             ray.kill(_actor)
             _actor = None
+        _options.clear()
 
 
 def stats() -> dict[str, float]:
@@ -193,12 +215,10 @@ def genrm_reward(completion: list[str], reference: list[Any], prompt: list[str],
 
     if on_unparsed not in ("skip", "score"):
         raise ValueError(f"reward.options.genrm.on_unparsed={on_unparsed!r}: use skip or score")
-    if _actor is None:
-        raise RuntimeError("the genrm judge is not running: use it through the RewardManager "
-                           "(or call rewards.genrm.setup({'model': ...}) first)")
+    actor = _ensure_actor()
     prompts = [judge_prompt(mode, p or "", c, r)
                for c, r, p in zip(completion, reference, prompt, strict=True)]
-    outputs = ray.get(_actor.generate.remote(prompts))
+    outputs = ray.get(actor.generate.remote(prompts))
     results: list[dict[str, float] | None] = []
     for out in outputs:
         s = verdict_score(mode, out)

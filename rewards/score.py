@@ -118,6 +118,11 @@ def score_rows(rows: list[dict | str], modules: list[str], options: dict, timeou
         if name not in names:
             names.append(name)
     if items:
+        if "genrm" in names:  # the judge is a Ray actor; Ray must start in the main thread
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(include_dashboard=False, configure_logging=False)
         cfg, sandbox = _config(names, modules, {k: v for k, v in options.items() if k in names},
                                timeout_s, sandbox_backend)
         with RewardManager(cfg, sandbox) as mgr:

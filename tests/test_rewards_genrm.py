@@ -25,7 +25,8 @@ def tiny_model(tmp_path_factory):
 def ray_local():
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+    if not ray.is_initialized():  # the deferred-start test may have started it
+        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -40,6 +41,23 @@ def cfg(model: str, mode: str, on_unparsed: str) -> NS:
 
 ITEMS = [{"completion": c, "reference": "42", "prompt": "What is 6*7?", "data_source": "chat",
           "metadata": {}} for c in ("42", "It is 41.", "\\boxed{42}", "")]
+
+
+def test_judge_starts_on_first_call_when_the_manager_is_built_before_ray(tiny_model):
+    """train.py builds the RewardManager before it starts Ray: the judge must not start a Ray
+    of its own then (it would have too few CPUs for the run), only on its first call."""
+    import ray
+
+    from rewards import genrm
+
+    if ray.is_initialized():
+        pytest.skip("Ray already running in this process")
+    with RewardManager(cfg(tiny_model, "pairwise", "skip")) as mgr:
+        assert genrm._actor is None and not ray.is_initialized()
+        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)  # train.py's turn
+        scores, m = mgr.score(ITEMS[:2])
+        assert genrm._actor is not None
+    assert len(scores) == 2 and m["reward/genrm/errors"] == 0.0
 
 
 @pytest.mark.parametrize("mode,valid", [("consistency", {0.0, 0.25, 0.5, 0.75, 1.0}),
