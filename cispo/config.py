@@ -104,14 +104,36 @@ class SandboxConfig:
 
 
 @dataclass
+class LengthPenaltyConfig:
+    """DAPO's overlong shaping, added to the score after the rewards (DAPO, Yu et al. 2025):
+    0 up to `max_length - cache`, then falling linearly to -factor at `max_length`, -factor
+    beyond. Needs each item's `response_length` (tokens)."""
+
+    enabled: bool = False
+    max_length: int = 4096  # tokens; DAPO: 20480 (16384 + 4096 cache)
+    cache: int = 512  # tokens of the soft zone before max_length; DAPO: 4096
+    factor: float = 1.0  # the penalty at and beyond max_length (DAPO: 1)
+
+
+@dataclass
 class RewardConfig:
-    # data_source -> reward name in the registry (rewards.registry). Rows whose data_source is
-    # not here use `default`.
-    sources: dict[str, str] = field(default_factory=lambda: {"math": "math", "arithmetic": "math"})
-    default: str = "math"
+    # data_source -> reward(s). A value is a reward name ("math"), a list of names (summed), or
+    # {name: weight} (weighted sum), e.g. {"math": 1.0, "format": 0.1}. Rows whose data_source
+    # is not here use `default` (same forms).
+    sources: dict[str, Any] = field(default_factory=lambda: {"math": "math", "arithmetic": "math"})
+    default: Any = "math"
     timeout_s: float = 30.0  # wall clock for one reward call, sandbox start included
     error_score: float = 0.0  # score of a call that raised or timed out (counted in metrics)
     max_concurrency: int = 8  # reward calls in flight
+    # .py files whose @reward functions are registered before the sources are resolved
+    modules: list[str] = field(default_factory=list)
+    # per-reward settings, e.g. {"code": {"mode": "all"}, "math": {"timeout_s": 20}}:
+    # timeout_s / error_score override the two above for that reward; the rest are passed to the
+    # reward function as keyword arguments (and to its setup hook)
+    options: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 2  # worker processes for process-isolated rewards (killed at timeout_s)
+    worker_memory_mb: int = 8192  # address-space limit per worker process; 0 = none
+    length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)
 
 
 @dataclass

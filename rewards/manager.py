@@ -1,99 +1,314 @@
 """RewardManager: scores a batch concurrently; every call has a wall clock and a failure policy.
 
-A call that raises, times out or returns a non-finite value gets `reward.error_score` (default
-0) and is counted in the step's metrics; the batch always completes.
+    scores, metrics = RewardManager(cfg.reward, cfg.sandbox).score(items)
+
+`items` are dicts with `completion`, `reference`, `prompt`, `data_source`, `metadata` (the row's
+other columns) and, when the length penalty is on, `response_length` (tokens). `scores[i]` is a
+float, or None when a reward skipped sample i: a skipped sample takes no part in the advantage
+(the caller drops it from its group). A sample routed to several rewards is skipped if any of
+them skips; otherwise it scores the weighted sum.
+
+Every call ends within its reward's `timeout_s`: process-isolated rewards run in worker processes
+that are killed at the limit; thread-isolated ones (whose work is bounded by a sandbox or actor)
+are abandoned at the limit. A call that raises, times out, or returns something that is not a
+score (NaN, a string) gets `error_score` (default 0) and is counted and logged; the batch always
+completes.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from rewards.registry import get_reward
+from rewards import length_penalty
+from rewards.outcome import BadRewardValue, coerce
+from rewards.registry import RewardSpec, get_spec, load_module
+from rewards.workers import CallResult, ProcessPool, run_in_thread
 
 log = logging.getLogger(__name__)
 
+MANAGER_OPTIONS = ("timeout_s", "error_score", "batch_size")  # consumed here, not passed on
+ITEM_KEYS = ("completion", "reference", "prompt", "metadata", "data_source")
+
+
+@dataclass
+class ItemResult:
+    """One sample's result from one reward."""
+
+    status: str  # ok | skip | error | timeout
+    score: float | None
+    extras: dict[str, float] = field(default_factory=dict)
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+def parse_route(value: Any, where: str) -> list[tuple[str, float]]:
+    """"math" | ["math", "format"] | {"math": 1.0, "format": 0.1} → [(name, weight), ...]."""
+    value = _plain(value)
+    if isinstance(value, str):
+        return [(value, 1.0)]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [(v, 1.0) for v in value]
+    if isinstance(value, dict) and value and all(
+            isinstance(k, str) and isinstance(w, int | float) for k, w in value.items()):
+        return [(k, float(w)) for k, w in value.items()]
+    raise ValueError(f"{where}={value!r}: use a reward name, a list of names, or "
+                     "{name: weight}, e.g. {math: 1.0, format: 0.1}")
+
+
+def _plain(x: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(x):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:
+        pass
+    return x
+
 
 class RewardManager:
-    def __init__(self, cfg: Any, sandbox_cfg: Any):
+    def __init__(self, cfg: Any, sandbox_cfg: Any = None):
         self.cfg = cfg
         self.sandbox_cfg = sandbox_cfg
-        self._pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="reward")
-        names = set(cfg.sources.values()) | {cfg.default}
-        self.fns = {n: get_reward(n) for n in names}
-        if "math" in names:
-            self._start_math_sandbox()
+        self.modules = [str(Path(m).expanduser().resolve()) for m in (cfg.modules or [])]
+        for m in self.modules:
+            load_module(m)
+        self.routes = {str(src): parse_route(v, f"reward.sources.{src}")
+                       for src, v in (_plain(cfg.sources) or {}).items()}
+        self.default_route = parse_route(cfg.default, "reward.default")
+        names = {n for r in [*self.routes.values(), self.default_route] for n, _ in r}
+        self.specs: dict[str, RewardSpec] = {n: get_spec(n) for n in sorted(names)}
+        options = _plain(cfg.options) or {}
+        unknown = set(options) - set(self.specs)
+        if unknown:
+            raise ValueError(f"reward.options names rewards no data source uses: {sorted(unknown)}; "
+                             f"in use: {sorted(self.specs)}")
+        self.limits: dict[str, dict[str, Any]] = {}
+        self.fn_options: dict[str, dict[str, Any]] = {}
+        for n in self.specs:
+            opts = dict(options.get(n) or {})
+            self.limits[n] = {"timeout_s": float(opts.get("timeout_s", cfg.timeout_s)),
+                              "error_score": float(opts.get("error_score", cfg.error_score)),
+                              "batch_size": opts.get("batch_size")}
+            self.fn_options[n] = {k: v for k, v in opts.items() if k not in MANAGER_OPTIONS}
+        self._started: list[RewardSpec] = []
+        try:
+            for n, spec in self.specs.items():
+                if spec.setup is not None:
+                    spec.setup(self.fn_options[n], sandbox_cfg)
+                    self._started.append(spec)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._procs = (ProcessPool(max(1, cfg.num_workers), self.modules, cfg.worker_memory_mb)
+                       if any(s.isolation == "process" for s in self.specs.values()) else None)
+        self._threads = ThreadPoolExecutor(max_workers=max(1, cfg.max_concurrency),
+                                           thread_name_prefix="reward")
+        self.abandoned_threads = 0
 
-    def _start_math_sandbox(self) -> None:
-        from rewards import math_reward
-        from sandboxes.scoring import WorkerSpec
+    def route(self, data_source: str) -> list[tuple[str, float]]:
+        return self.routes.get(data_source, self.default_route)
 
-        s = self.sandbox_cfg
-        spec = WorkerSpec(backend=s.backend, image=s.image, memory_mb=s.memory_mb, cpus=s.cpus,
-                          pids_limit=s.pids_limit, start_timeout_s=s.start_timeout_s)
-        if s.backend == "process":
-            log.warning("sandbox.backend=process: math verdicts run in local subprocesses with "
-                        "rlimits but NO isolation")
-        self.sandbox = math_reward.configure(spec, s.num_workers, s.verdict_timeout_s)
+    # --- scoring -------------------------------------------------------------------------------
 
-    def reward_name(self, data_source: str) -> str:
-        return self.cfg.sources.get(data_source, self.cfg.default)
-
-    def score(self, items: list[dict]) -> tuple[list[float], dict[str, float]]:
-        """items: dicts with completion, reference, prompt, data_source, metadata.
-        Returns (scores in order, metrics)."""
+    def score(self, items: list[dict]) -> tuple[list[float | None], dict[str, float]]:
+        """Scores in order (None = skipped) and the batch's metrics."""
         t0 = time.monotonic()
-        futures = []
-        for it in items:
-            fn = self.fns[self.reward_name(it["data_source"])]
-            kwargs = {"completion": it["completion"], "reference": it["reference"],
-                      "prompt": it["prompt"], "metadata": it.get("metadata", {})}
-            futures.append(self._pool.submit(_timed, fn, kwargs))
-        scores: list[float] = []
-        errors = timeouts = 0
-        latencies = []
-        deadline = time.monotonic() + self.cfg.timeout_s
-        for fut in futures:
-            try:
-                value, dt = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-                latencies.append(dt)
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError(f"reward returned {value}")
-                scores.append(value)
-            except FutureTimeout:
-                timeouts += 1
-                scores.append(self.cfg.error_score)
-            except Exception as e:
-                errors += 1
-                if errors <= 3:
-                    log.warning("reward call failed (scored %s): %s: %s", self.cfg.error_score,
-                                type(e).__name__, e)
-                scores.append(self.cfg.error_score)
-        latencies.sort()
-        metrics = {
-            "reward/errors": float(errors),
-            "reward/timeouts": float(timeouts),
-            "reward/latency_p50_s": latencies[len(latencies) // 2] if latencies else 0.0,
-            "reward/latency_p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
-            "time/reward_s": time.monotonic() - t0,
-        }
-        if hasattr(self, "sandbox"):
-            metrics["sandbox/restarts"] = float(self.sandbox.stats["restarts"])
+        routes = [self.route(str(it.get("data_source", ""))) for it in items]
+        per_reward = self.score_detailed(items, routes)
+        scores: list[float | None] = []
+        for i, route in enumerate(routes):
+            parts = [(per_reward[n][i], w) for n, w in route]
+            if any(r.status == "skip" for r, _ in parts):
+                scores.append(None)
+            else:
+                scores.append(sum(w * r.score for r, w in parts))  # type: ignore[operator]
+        metrics = self._metrics(per_reward)
+        lp = self.cfg.length_penalty
+        if lp.enabled:
+            lengths = [_response_length(it) for it in items]
+            scores, pens = length_penalty.apply(scores, lengths, lp.max_length, lp.cache, lp.factor)
+            metrics["reward/length_penalty_mean"] = sum(pens) / max(1, len(pens))
+            metrics["reward/length_penalty_frac"] = sum(p < 0 for p in pens) / max(1, len(pens))
+        metrics["reward/skips"] = float(sum(s is None for s in scores))
+        metrics["time/reward_s"] = time.monotonic() - t0
         return scores, metrics
 
+    def score_detailed(self, items: list[dict], routes: list[list[tuple[str, float]]]
+                       ) -> dict[str, dict[int, ItemResult]]:
+        """{reward name: {item index: ItemResult}} for every (item, reward) the routes ask for."""
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for i, route in enumerate(routes):
+            for n, _ in route:
+                wanted[n].append(i)
+        futures = []
+        for n, idxs in wanted.items():
+            spec = self.specs[n]
+            if spec.batched:
+                size = int(self.limits[n]["batch_size"] or len(idxs))
+                chunks = [idxs[k:k + size] for k in range(0, len(idxs), size)]
+            else:
+                chunks = [[i] for i in idxs]
+            futures += [self._threads.submit(self._run, spec, [items[i] for i in c], c)
+                        for c in chunks]
+        out: dict[str, dict[int, ItemResult]] = defaultdict(dict)
+        for fut in futures:
+            name, results = fut.result()  # _run never raises
+            out[name].update(results)
+        return out
+
+    def _run(self, spec: RewardSpec, batch: list[dict], idxs: list[int]
+             ) -> tuple[str, dict[int, ItemResult]]:
+        lim = self.limits[spec.name]
+        try:
+            kwargs = call_kwargs(spec, batch, self.fn_options[spec.name])
+        except TypeError as e:
+            res = CallResult("error", error=str(e))
+        else:
+            if spec.isolation == "process":
+                res = self._procs.call(spec.fn, kwargs, lim["timeout_s"])  # type: ignore[union-attr]
+            else:
+                res = run_in_thread(spec.fn, kwargs, lim["timeout_s"])
+                if res.status == "timeout":
+                    self.abandoned_threads += 1
+        values: list[Any]
+        if res.status == "ok" and spec.batched:
+            values = list(res.value) if isinstance(res.value, list | tuple) else []
+            if len(values) != len(batch):
+                res = CallResult("error", error=f"batched reward returned {type(res.value).__name__}"
+                                 f" of length {len(values)} for {len(batch)} samples",
+                                 latency_s=res.latency_s)
+        else:
+            values = [res.value]
+        results = {}
+        for k, i in enumerate(idxs):
+            if res.status != "ok":
+                results[i] = ItemResult(res.status, lim["error_score"], latency_s=res.latency_s,
+                                        error=res.error)
+                continue
+            try:
+                score, extras = coerce(values[k])
+            except BadRewardValue as e:
+                results[i] = ItemResult("error", lim["error_score"], latency_s=res.latency_s,
+                                        error=str(e))
+                continue
+            status = "skip" if score is None else "ok"
+            results[i] = ItemResult(status, score, extras, res.latency_s)
+        return spec.name, results
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    def _metrics(self, per_reward: dict[str, dict[int, ItemResult]]) -> dict[str, float]:
+        m: dict[str, float] = {}
+        totals = {"errors": 0, "timeouts": 0}
+        for name, results in sorted(per_reward.items()):
+            rs = list(results.values())
+            scored = [r.score for r in rs if r.status != "skip"]
+            lat = sorted(r.latency_s for r in rs)
+            counts = {"skips": sum(r.status == "skip" for r in rs),
+                      "errors": sum(r.status == "error" for r in rs),
+                      "timeouts": sum(r.status == "timeout" for r in rs)}
+            p = f"reward/{name}/"
+            if scored:  # all skipped: no mean (NaN would not survive metrics.jsonl as JSON)
+                m[p + "mean"] = sum(scored) / len(scored)
+            for k, v in counts.items():
+                m[p + k] = float(v)
+            m[p + "latency_p50_s"] = _quantile(lat, 0.50)
+            m[p + "latency_p99_s"] = _quantile(lat, 0.99)
+            extra_vals: dict[str, list[float]] = defaultdict(list)
+            for r in rs:
+                for k, v in r.extras.items():
+                    extra_vals[k].append(v)
+            for k, vs in extra_vals.items():  # mean over the samples that reported it
+                m[p + k] = sum(vs) / len(vs)
+            totals["errors"] += counts["errors"]
+            totals["timeouts"] += counts["timeouts"]
+            failed = [r for r in rs if r.status in ("error", "timeout")]
+            if failed:
+                log.warning("reward %s: %d of %d calls failed (scored %s), e.g. %s", name,
+                            len(failed), len(rs), self.limits[name]["error_score"],
+                            "; ".join(sorted({f"{r.status}: {r.error}" for r in failed})[:3]))
+            if counts["skips"]:
+                log.info("reward %s: %d of %d samples skipped", name, counts["skips"], len(rs))
+        every = sorted(r.latency_s for rs in per_reward.values() for r in rs.values())
+        m["reward/latency_p50_s"] = _quantile(every, 0.50)
+        m["reward/latency_p99_s"] = _quantile(every, 0.99)
+        m["reward/errors"] = float(totals["errors"])
+        m["reward/timeouts"] = float(totals["timeouts"])
+        m["reward/abandoned_threads"] = float(self.abandoned_threads)
+        if self._procs is not None:
+            m["reward/worker_restarts"] = float(self._procs.restarts)
+        for spec in self._started:
+            if spec.stats is not None:
+                m.update(spec.stats())
+        return m
+
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if hasattr(self, "sandbox"):
-            from rewards import math_reward
+        if getattr(self, "_threads", None) is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "_procs", None) is not None:
+            self._procs.close()
+        for spec in reversed(getattr(self, "_started", [])):
+            try:
+                if spec.teardown is not None:
+                    spec.teardown()
+            except Exception as e:  # shutting down: report, keep closing the rest
+                log.warning("reward %s teardown failed: %s", spec.name, e)
+        self._started = []
 
-            math_reward.shutdown()
+    def __enter__(self) -> RewardManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
 
-def _timed(fn, kwargs):
-    t = time.monotonic()
-    return fn(**kwargs), time.monotonic() - t
+def call_kwargs(spec: RewardSpec, batch: list[dict], options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for one call: the item's fields, its row's columns, the options.
+
+    Options win over same-named columns (config is explicit; a column may be incidental).
+    Only names the function accepts are passed, unless it takes **kwargs.
+    """
+    def one(it: dict) -> dict[str, Any]:
+        md = it.get("metadata") or {}
+        kw = {k: v for k, v in md.items() if isinstance(k, str)}
+        kw.update({k: it.get(k) for k in ITEM_KEYS})
+        kw["metadata"] = md
+        kw["prompt"] = kw["prompt"] if kw["prompt"] is not None else ""
+        return kw
+
+    rows = [one(it) for it in batch]
+    if spec.batched:
+        keys = set().union(*rows)
+        kw = {k: [r.get(k) for r in rows] for k in keys}
+    else:
+        kw = rows[0]
+    kw.update(options)
+    accepted, required = spec.accepted()
+    if accepted is not None:
+        kw = {k: v for k, v in kw.items() if k in accepted}
+    missing = required - set(kw)
+    if missing:
+        raise TypeError(f"reward {spec.name!r} requires {sorted(missing)}, which this sample "
+                        f"does not have (it has {sorted(rows[0])[:12]}); give the parameter a "
+                        "default or add the column to the dataset")
+    return kw
+
+
+def _response_length(it: dict) -> int:
+    if "response_length" not in it:
+        raise KeyError("reward.length_penalty.enabled needs each item's 'response_length' "
+                       "(response tokens); the caller of RewardManager.score must provide it")
+    return int(it["response_length"])
+
+
+def _quantile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
