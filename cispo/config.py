@@ -217,7 +217,7 @@ class ClusterConfig:
     cpus_per_cpu_node: int = 64  # CPUs on each of those nodes
     cpu_node_memory_gib: float = 256.0  # memory of each CPU-only node, GiB
     # per GPU, GiB, on top of the estimated tensors: CUDA context, NCCL buffers, allocator
-    # fragmentation (our choice; compare with a measured peak, docs/PERFORMANCE-planner.md)
+    # fragmentation (our choice; compare with a measured peak, docs/PERFORMANCE.md (planner section))
     reserve_gib: float = 2.0
 
 

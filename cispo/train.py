@@ -214,6 +214,7 @@ def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     for s in samples:
         q = batch[s.prompt_index]
         out.append({"completion": tokenizer.decode(s.response_ids, skip_special_tokens=True),
+                    "response_length": len(s.response_ids),  # tokens: the overlong penalty
                     "reference": q.reference, "prompt": q.text, "data_source": q.data_source,
                     "metadata": q.row})
     return out
@@ -231,14 +232,26 @@ def score(p: Parts, cfg: DictConfig, batch: list, samples: list) -> list:
     return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
 
 
+SUMMED = ("errors", "timeouts", "skips", "time/")  # per-round counts and durations
+MAXED = ("latency", "sandbox/", "_total", "restarts", "abandoned")  # percentiles, running totals
+
+
 def merge_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     """One step's reward metrics over its sampling rounds: counts and times add up, latency
-    percentiles and running totals take the largest. Empties the list for the next step."""
+    percentiles and running totals take the largest, means and extras are averaged over the
+    rounds that reported them. Empties the list for the next step."""
     out: dict[str, float] = {}
+    seen: dict[str, int] = {}
     for m in rounds:
         for k, v in m.items():
-            keep_max = "latency" in k or k.startswith("sandbox/")
-            out[k] = max(out.get(k, v), v) if keep_max else out.get(k, 0.0) + v
+            if any(t in k for t in MAXED):
+                out[k] = max(out.get(k, v), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+                seen[k] = seen.get(k, 0) + 1
+    for k, n in seen.items():
+        if not any(t in k for t in SUMMED):
+            out[k] /= n
     rounds.clear()
     return out
 

@@ -45,3 +45,16 @@ def test_short_after_max_rounds_and_off_by_default():
 def test_has_signal_and_seeds():
     assert not has_signal([1, 1]) and not has_signal([None, 0]) and has_signal([None, 0, 1])
     assert round_seed(7, 0) == 7 and len({round_seed(7, r) for r in range(4)}) == 4
+
+
+def test_reward_metrics_merge_over_rounds():
+    from cispo.train import merge_rounds
+
+    rounds = [{"reward/errors": 1.0, "reward/math/mean": 0.5, "reward/latency_p99_s": 0.2,
+               "reward/math/no_box_total": 3.0, "time/reward_s": 1.0},
+              {"reward/errors": 2.0, "reward/math/mean": 1.0, "reward/latency_p99_s": 0.1,
+               "reward/math/no_box_total": 5.0, "time/reward_s": 0.5}]
+    m = merge_rounds(rounds)
+    assert m == {"reward/errors": 3.0, "reward/math/mean": 0.75, "reward/latency_p99_s": 0.2,
+                 "reward/math/no_box_total": 5.0, "time/reward_s": 1.5}
+    assert rounds == []
