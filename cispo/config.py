@@ -56,6 +56,10 @@ class DataConfig:
     source: str = "arithmetic"
     split: str = "train"
     prompt_key: str = "prompt"
+    # a Python format string over the row's columns that makes the prompt, e.g.
+    # "Problem: {problem}\nPut the answer in \\boxed{{}}." (null: the prompt_key column as is);
+    # rows missing a field it names are skipped and counted
+    prompt_template: str | None = None
     reference_key: str = "reference"
     data_source_key: str = "data_source"
     default_data_source: str = "math"  # for rows without a data_source column

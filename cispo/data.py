@@ -55,18 +55,9 @@ def validate(ds, cfg: Any, tokenizer) -> tuple[list[Prompt], Counter]:
     kept: list[Prompt] = []
     skipped: Counter = Counter()
     for i, row in enumerate(ds):
-        reason = None
-        text = row.get(cfg.prompt_key)
-        if not isinstance(text, str) or not text.strip():
-            reason = f"missing or empty '{cfg.prompt_key}'"
-        elif row.get(cfg.reference_key) is None:
-            reason = f"missing '{cfg.reference_key}'"
-        else:
-            ids = tokenizer(text, add_special_tokens=False).input_ids
-            if tokenizer.bos_token_id is not None:
-                ids = [tokenizer.bos_token_id] + ids
-            if len(ids) > cfg.max_prompt_tokens:
-                reason = f"prompt longer than data.max_prompt_tokens={cfg.max_prompt_tokens}"
+        text, reason = prompt_text(row, cfg)
+        if reason is None:
+            ids, reason = tokenize_checked(text, row, cfg, tokenizer)
         if reason:
             skipped[reason] += 1
             if sum(skipped.values()) <= 5:
@@ -81,6 +72,31 @@ def validate(ds, cfg: Any, tokenizer) -> tuple[list[Prompt], Counter]:
         raise DataError(f"data.source={cfg.source!r}: no usable rows ({dict(skipped)}); "
                          f"rows need '{cfg.prompt_key}' and '{cfg.reference_key}'")
     return kept, skipped
+
+
+def prompt_text(row: dict, cfg: Any) -> tuple[Any, str | None]:
+    """The row's prompt (its prompt_key column, or data.prompt_template filled from the row),
+    or a skip reason."""
+    if not cfg.prompt_template:
+        return row.get(cfg.prompt_key), None
+    try:
+        return cfg.prompt_template.format(**row), None
+    except (KeyError, IndexError) as e:
+        return None, f"prompt_template names a missing field {e}"
+
+
+def tokenize_checked(text: Any, row: dict, cfg: Any, tokenizer) -> tuple[list[int], str | None]:
+    """The prompt's token ids (BOS first, if the tokenizer has one), or why the row is unusable."""
+    if not isinstance(text, str) or not text.strip():
+        return [], f"missing or empty '{cfg.prompt_key}'"
+    if row.get(cfg.reference_key) is None:
+        return [], f"missing '{cfg.reference_key}'"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    if len(ids) > cfg.max_prompt_tokens:
+        return [], f"prompt longer than data.max_prompt_tokens={cfg.max_prompt_tokens}"
+    return ids, None
 
 
 class PromptStream:

@@ -68,7 +68,8 @@ def main(cfg: DictConfig) -> None:
                        "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": t_gen,
                        "rollout/worker_restarts": float(p.rollout.restarts),
                        "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
-                       "time/step_s": time.monotonic() - t0}
+                       "time/step_s": time.monotonic() - t0,
+                       **perf_metrics(samples, items, t_gen, t2 - t1)}
             p.logger.log(step, metrics)
             bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
@@ -274,6 +275,15 @@ def sample_metrics(samples, rewards: torch.Tensor, valid: torch.Tensor, G: int) 
             "response/finish_stop": sum(s.finish_reason == "stop" for s in samples) / n,
             "response/finish_length": sum(s.finish_reason == "length" for s in samples) / n,
             "response/finish_repetition": sum(s.finish_reason == "repetition" for s in samples) / n}
+
+
+def perf_metrics(samples, items: list[TrainItem], rollout_s: float, learn_s: float) -> dict[str, float]:
+    """Throughput: generated tokens per second of rollout (scoring included), and trained
+    tokens (prompt + response) per second of the learner stage."""
+    generated = sum(len(s.response_ids) for s in samples)
+    trained = sum(len(it.prompt_ids) + len(it.response_ids) for it in items)
+    return {"perf/rollout_tokens_per_s": generated / max(rollout_s, 1e-9),
+            "perf/learn_tokens_per_s": trained / max(learn_s, 1e-9)}
 
 
 def cli() -> None:
