@@ -51,11 +51,7 @@ def main(cfg: DictConfig) -> None:
             _, samples, scores = sampling.flatten(groups)
             t_gen = time.monotonic() - t0
             stage_metrics = p.schedule.metrics()  # the stage these samples were drawn in
-            valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)   # None: skip
-            rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
-            adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)  # 4.
-            items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
-                     for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
+            items, rewards, valid = advantages(samples, scores, A, G)                 # 4. advantages
             t1 = time.monotonic()
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
@@ -149,6 +145,16 @@ def apply_stage(cfg: DictConfig, sched: WindowSchedule, learner: LearnerGroup | 
         learner.set_grad_clip(stage.grad_clip)
         log.info("window stage %d: %d tokens, eps_high %g, grad clip %g (%s)", stage.stage,
                  stage.window, stage.eps_high, stage.grad_clip, stage.reason)
+
+
+def advantages(samples, scores: list, A: DictConfig, G: int):
+    """Group advantages → the learner's items; skipped samples (score None) are left out."""
+    valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)
+    rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
+    adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)
+    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
+             for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
+    return items, rewards, valid
 
 
 def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[str, float]:
