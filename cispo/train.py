@@ -193,15 +193,28 @@ def finish(cfg: DictConfig, p: Parts) -> None:
     print(summary(p.run_dir))
 
 
+SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "logprob/train_rollout_pearson",
+                "logprob/entropy_mean", "response/length_mean", "reward/errors", "time/step_s"]
+
+
 def summary(run_dir: Path) -> str:
+    """The end-of-run table: each key's mean over the first and the last 20 logged steps."""
     import json
+    import math
 
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    r = [row["reward/mean"] for row in rows]
-    k = min(20, len(r))
-    return (f"done: {len(r)} steps; mean reward {sum(r[:k]) / k:.3f} over the first {k} steps, "
-            f"{sum(r[-k:]) / k:.3f} over the last {k}\n"
-            f"  metrics: {run_dir / 'metrics.jsonl'}\n  policy:  {run_dir / 'final_model'}")
+    k = min(20, len(rows))
+
+    def mean(part, key):
+        vals = [r[key] for r in part if key in r and math.isfinite(r[key])]
+        return f"{sum(vals) / len(vals):.4g}" if vals else "-"
+
+    lines = [f"done: {len(rows)} steps in {run_dir}",
+             f"  {'metric':32} {'first ' + str(k) + ' steps':>16} {'last ' + str(k) + ' steps':>16}"]
+    lines += [f"  {key:32} {mean(rows[:k], key):>16} {mean(rows[-k:], key):>16}"
+              for key in SUMMARY_KEYS if any(key in r for r in rows)]
+    lines += [f"  metrics: {run_dir / 'metrics.jsonl'}", f"  policy:  {run_dir / 'final_model'}"]
+    return "\n".join(lines)
 
 
 def start_ray(cfg: DictConfig) -> None:

@@ -42,6 +42,7 @@ def test_tiny_run_end_to_end_with_bad_rows(tmp_path):
         assert r["data/skipped_rows"] == 2  # counted, not fatal
         assert 0.0 <= r["reward/mean"] <= 1.0 and r["reward/errors"] == 0
         assert math.isfinite(r["loss/policy"]) and r["sampling/rounds"] == 1
+    assert "done: 3 steps" in p.stdout and "reward/mean" in p.stdout  # the end-of-run table
     assert (run / "checkpoints" / "step_3").is_dir()
     assert list((run / "wandb").glob("offline-run-*")), "W&B offline run missing"
     from transformers import AutoModelForCausalLM
