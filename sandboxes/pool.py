@@ -72,15 +72,22 @@ class ExecResult:
     oom_killed: bool = False
 
 
+def work_tmpfs(work_mb: int, extra: dict[str, str] | None) -> dict[str, str]:
+    """The writable mounts of a run container: /work (the program's, size- and inode-capped,
+    only the sandbox user's) and a small /tmp, plus any extra ones."""
+    tmpfs = {"/work": tmpfs_opts(work_mb, 8192, uid=SANDBOX_UID, mode="0700"),
+             "/tmp": tmpfs_opts(16, 1024)}
+    tmpfs.update(extra or {})
+    return tmpfs
+
+
 class Sandbox:
     """One hardened, warm container. Not thread-safe: the pool hands it to one run at a time."""
 
     def __init__(self, client, *, image: str, memory_mb: int, cpus: float, pids_limit: int,
                  work_mb: int, kind: str = "run", extra_tmpfs: dict[str, str] | None = None):
         self.client = client
-        tmpfs = {"/work": tmpfs_opts(work_mb, 8192, uid=SANDBOX_UID, mode="0700"),
-                 "/tmp": tmpfs_opts(16, 1024)}
-        tmpfs.update(extra_tmpfs or {})
+        tmpfs = work_tmpfs(work_mb, extra_tmpfs)
         kwargs = container_kwargs(kind=kind, memory_mb=memory_mb, cpus=cpus,
                                   pids_limit=pids_limit, tmpfs=tmpfs,
                                   user=f"{KEEPER_UID}:{KEEPER_UID}", init=True)
@@ -192,9 +199,7 @@ class SupervisedSandbox:
         from pathlib import Path
 
         self.client = client
-        tmpfs = {"/work": tmpfs_opts(work_mb, 8192, uid=SANDBOX_UID, mode="0700"),
-                 "/tmp": tmpfs_opts(16, 1024)}
-        tmpfs.update(extra_tmpfs or {})
+        tmpfs = work_tmpfs(work_mb, extra_tmpfs)
         kwargs = container_kwargs(kind=kind, memory_mb=memory_mb, cpus=cpus,
                                   pids_limit=pids_limit, tmpfs=tmpfs, user="0:0")
         kwargs["cap_add"] = ["SETUID", "SETGID", "KILL"]

@@ -39,7 +39,7 @@ __all__ = ["LABEL", "SandboxError", "SandboxTimeout", "ScoringPool", "ScoringWor
 
 @dataclass
 class WorkerSpec:
-    server: str = "math_verify_server.py"  # file in sandboxes/servers/
+    server: str = "math_verdict_server.py"  # file in sandboxes/servers/
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"
     memory_mb: int = 512
