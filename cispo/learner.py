@@ -120,7 +120,8 @@ class LearnerWorker:
                 yield collate(chunk, self.pad_id, chunk_old)
 
     def _token_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
-        """(log π of each next token, its entropy or None), shapes [B, L-1], from FP32 logits.
+        """(log π of each next token [B, L-1], the entropy at the response positions [n] or
+        None), from FP32 logits.
 
         Through the engine's own forward: calling the base model and the chunked FP32 head
         (cispo.models.fp32_head) directly gave 2 ZeRO-3 ranks different embedding gradients
@@ -130,7 +131,10 @@ class LearnerWorker:
         ids = batch["input_ids"].to(self.engine.device)
         logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
         lp = token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
-        return lp, token_entropy(logits[:, :-1], self.temperature) if with_entropy else None
+        if not with_entropy:
+            return lp, None
+        # a metric: only the positions it is reported for, not the prompt or the padding
+        return lp, token_entropy(logits[:, :-1][batch["mask"].to(ids.device) > 0], self.temperature)
 
     @torch.no_grad()
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
@@ -143,7 +147,7 @@ class LearnerWorker:
             lp = lp.cpu()
             m = batch["mask"] > 0
             if ent is not None:
-                s["entropy"] += float(ent.cpu()[m].double().sum())
+                s["entropy"] += float(ent.double().sum())
             x, y = lp[m].double(), batch["rollout_logprobs"][m].double()
             s["n"] += float(m.sum())
             s["x"] += float(x.sum())
