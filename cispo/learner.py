@@ -136,6 +136,11 @@ class LearnerWorker:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         enable_token_scoring(model)
+        head = model.get_output_embeddings()
+        if cfg.get("head_precision", "ieee") != "ieee":
+            if not hasattr(head, "precision"):
+                raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
+            head.precision = cfg["head_precision"]
         self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
         self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
@@ -143,6 +148,12 @@ class LearnerWorker:
 
     def ready(self) -> int:
         return self.rank
+
+    def expert_layout(self) -> dict[str, int]:
+        """How the MoE blocks are held: AutoEP layers and the experts this rank computes."""
+        layers = [m for m in self.engine.module.modules() if type(m).__name__ == "AutoEPMoELayer"]
+        return {"autoep_layers": len(layers),
+                "local_experts": layers[0].num_local_experts if layers else 0}
 
     def _dummy(self, with_old: bool) -> dict[str, torch.Tensor]:
         """A fully masked micro-batch: keeps this rank's collectives in step with the others."""
@@ -384,6 +395,9 @@ class LearnerGroup:
 
     def set_grad_clip(self, value: float) -> list[float]:
         return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
+
+    def expert_layout(self) -> list[dict[str, int]]:
+        return ray.get([w.expert_layout.remote() for w in self.workers])
 
     def state_dict_ref(self) -> ray.ObjectRef:
         """An object-store reference to the full weights (gathered on rank 0)."""

@@ -27,6 +27,8 @@ class FP32LMHead(nn.Module):
         self.weight = nn.Parameter(weight.detach().to(torch.float32), requires_grad=weight.requires_grad)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32))
         self.out_features, self.in_features = self.weight.shape
+        # "ieee" (M1: TF32 off) or "3xtf32" for the chunked log-prob path (cispo.ops.chunked_logprobs)
+        self.precision = "ieee"
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
                 temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
@@ -36,7 +38,8 @@ class FP32LMHead(nn.Module):
             raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
                              "style LM head); call head(hidden) for full logits instead")
         return linear_token_logprobs(hidden, self.weight, tokens, temperature,
-                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+                                     precision=self.precision)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp32, no tf32"
