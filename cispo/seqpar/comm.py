@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
+
+# Profiler label of every sequence-parallel collective (bench/seqpar.py sums their GPU time).
+COMM_LABEL = "seqpar::comm"
 
 
 def group_size(group) -> int:
@@ -28,26 +32,34 @@ class _GatherSeq(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
         ctx.group = group
-        x = x.contiguous()
-        if _has_reduce_scatter(group):  # NCCL: one flat buffer
-            out = x.new_empty((group_size(group) * x.shape[0], *x.shape[1:]))
-            dist.all_gather_into_tensor(out, x, group=group)
-            return out
-        parts = [torch.empty_like(x) for _ in range(group_size(group))]
-        dist.all_gather(parts, x, group=group)
-        return torch.cat(parts)
+        with record_function(COMM_LABEL):
+            return _all_gather_cat(x.contiguous(), group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        group, n = ctx.group, group_size(ctx.group)
-        grad = grad.contiguous()
-        if _has_reduce_scatter(group):
-            out = grad.new_empty((grad.shape[0] // n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad, group=group)
-            return out, None
-        grad = grad.clone()
-        dist.all_reduce(grad, group=group)
-        return grad.chunk(n)[group_rank(group)].contiguous(), None
+        with record_function(COMM_LABEL):
+            return _reduce_scatter(grad.contiguous(), ctx.group), None
+
+
+def _all_gather_cat(x: torch.Tensor, group) -> torch.Tensor:
+    if _has_reduce_scatter(group):  # NCCL: one flat buffer
+        out = x.new_empty((group_size(group) * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x, group=group)
+        return out
+    parts = [torch.empty_like(x) for _ in range(group_size(group))]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts)
+
+
+def _reduce_scatter(grad: torch.Tensor, group) -> torch.Tensor:
+    n = group_size(group)
+    if _has_reduce_scatter(group):
+        out = grad.new_empty((grad.shape[0] // n, *grad.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad, group=group)
+        return out
+    grad = grad.clone()
+    dist.all_reduce(grad, group=group)
+    return grad.chunk(n)[group_rank(group)].contiguous()
 
 
 def gather_seq(x: torch.Tensor, group) -> torch.Tensor:

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
+
+from cispo.seqpar.comm import COMM_LABEL
 
 
 def incoming_states(states: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,8 @@ def add_incoming(o: torch.Tensor, q: torch.Tensor, slopes: torch.Tensor, incomin
 
 def _all_gather_stack(x: torch.Tensor, group) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x.contiguous(), group=group)
+    with record_function(COMM_LABEL):
+        dist.all_gather(parts, x.contiguous(), group=group)
     return torch.stack(parts)
 
 
