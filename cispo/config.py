@@ -178,6 +178,9 @@ class LearnerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
+    # K/V all-gather for softmax layers); must divide num_workers; 1 = off
+    sequence_parallel_size: int = 1
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2
