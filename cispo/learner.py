@@ -6,7 +6,14 @@ Per step the driver calls, on every rank at once (ZeRO-3 collectives need all ra
   `train_minibatch(shard)`   n_micro forward/backward passes, one optimizer step
   `state_dict()`             full weights on rank 0 (ZeRO-3 gathers them) for the engines
 Every rank runs the same number of micro-batches (short shards are padded with fully-masked
-rows), because each ZeRO-3 forward all-gathers parameters across ranks.
+micro-batches), because each ZeRO-3 forward all-gathers parameters across ranks.
+
+Micro-batches are either `micro_batch_size` right-padded rows (`micro_batch_tokens: 0`) or, with
+`micro_batch_tokens > 0`, sequences packed back to back into one row of at most that many tokens
+(`cispo.packing`); the ranks agree on the largest micro-batch count with one all-reduce.
+Log-probs come from `model(..., targets=...)` (`cispo.models.fp32_head.enable_token_scoring`):
+the chunked FP32 head, never [T, V] logits. AutoEP (`expert_parallel_size`) swaps the MoE blocks
+for DeepSpeed's expert-parallel layers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import ray
 import torch
 
 from cispo.models.process import actor_env, setup_actor
+from cispo.packing import pack, plan_micro_batches
 
 
 @dataclass
@@ -64,6 +72,42 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
             "old_logprobs": old, "advantages": adv}
 
 
+def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
+    """The DeepSpeed config of the learner's keys (docs/configuration.md, `learner:`)."""
+    stage = cfg["zero_stage"]
+    zero: dict[str, Any] = {"stage": stage}
+    if cfg.get("offload_optimizer"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if cfg.get("offload_params"):
+        if stage != 3:
+            raise ValueError("learner.offload_params needs learner.zero_stage=3 (only stage 3 "
+                             "partitions parameters)")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "gradient_accumulation_steps": n_micro,
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": zero,
+        # torch's AdamW: no JIT-built fused/CPU Adam needed (also when the optimizer is offloaded)
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
+            "weight_decay": cfg["weight_decay"], "torch_adam": True}},
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
+        "steps_per_print": 10**9,
+    }
+    ep = cfg.get("expert_parallel_size", 0)
+    if ep:
+        if world_size % ep:
+            raise ValueError(f"learner.expert_parallel_size={ep} must divide learner.num_workers={world_size}")
+        # AutoEP replaces each module matching the pattern (transformers' MiniMaxSparseMoeBlock)
+        # with an expert-parallel layer: router replicated, experts split over `ep` ranks. Its
+        # `mixtral` preset routes as MiniMax does (see docs/configuration.md).
+        ds["expert_parallel"] = {"enabled": True, "autoep_size": ep, "preset_model": cfg["autoep_preset"],
+                                 "moe_layer_pattern": cfg["autoep_layer_pattern"]}
+    return ds
+
+
 @ray.remote
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, master_port: int, model_path: str,
@@ -83,66 +127,102 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend)
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
+        from cispo.models.fp32_head import enable_token_scoring
+
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
         self.pad_id = load_tokenizer(model_path).pad_token_id
         if cfg["gradient_checkpointing"]:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-            "gradient_accumulation_steps": n_micro,
-            "gradient_clipping": cfg["grad_clip"],
-            "zero_optimization": {"stage": cfg["zero_stage"]},
-            "optimizer": {"type": "AdamW", "params": {
-                "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
-                "weight_decay": cfg["weight_decay"], "torch_adam": True}},
-            "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
-            "steps_per_print": 10**9,
-        }
+        enable_token_scoring(model)
+        head = model.get_output_embeddings()
+        if cfg.get("head_precision", "ieee") != "ieee":
+            if not hasattr(head, "precision"):
+                raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
+            head.precision = cfg["head_precision"]
+        self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
+        self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=ds_config)
+                                               config=deepspeed_config(cfg, n_micro, world_size))
 
     def ready(self) -> int:
         return self.rank
 
+    def expert_layout(self) -> dict[str, int]:
+        """How the MoE blocks are held: AutoEP layers and the experts this rank computes."""
+        layers = [m for m in self.engine.module.modules() if type(m).__name__ == "AutoEPMoELayer"]
+        return {"autoep_layers": len(layers),
+                "local_experts": layers[0].num_local_experts if layers else 0}
+
+    def _dummy(self, with_old: bool) -> dict[str, torch.Tensor]:
+        """A fully masked micro-batch: keeps this rank's collectives in step with the others."""
+        dummy = TrainItem([self.pad_id, self.pad_id], [self.pad_id], [0.0], 0.0)
+        batch = collate([dummy], self.pad_id, [[0.0]] if with_old else None)
+        batch["mask"].zero_()
+        return batch
+
     def _micro_batches(self, items: list[TrainItem], old: list[list[float]] | None):
-        per = -(-len(items) // self.n_micro) if items else 1
-        for k in range(self.n_micro):
-            chunk = items[k * per:(k + 1) * per]
-            chunk_old = old[k * per:(k + 1) * per] if old is not None else None
-            if not chunk:  # keep collectives in step with the other ranks: a fully masked row
-                dummy = TrainItem([self.pad_id, self.pad_id], [self.pad_id], [0.0], 0.0)
-                batch = collate([dummy], self.pad_id, [[0.0]] if old is not None else None)
-                batch["mask"].zero_()
-                yield batch
-            else:
-                yield collate(chunk, self.pad_id, chunk_old)
+        """(micro-batch, indices of its items) pairs, the same count on every rank."""
+        if self.micro_batch_tokens > 0:
+            groups = plan_micro_batches([len(it.prompt_ids) + len(it.response_ids) for it in items],
+                                        self.micro_batch_tokens)
+            n = self._max_over_ranks(len(groups))
+        else:
+            per = -(-len(items) // self.n_micro) if items else 1
+            groups = [list(range(k * per, min((k + 1) * per, len(items)))) for k in range(self.n_micro)]
+            groups = [g for g in groups if g]
+            n = self.n_micro
+        for k in range(n):
+            if k >= len(groups):
+                yield self._dummy(old is not None), []
+                continue
+            idx = groups[k]
+            batch = collate([items[i] for i in idx], self.pad_id,
+                            [old[i] for i in idx] if old is not None else None)
+            if self.micro_batch_tokens > 0:
+                batch["packed"] = pack([items[i].prompt_ids + items[i].response_ids for i in idx],
+                                       pad_id=self.pad_id)
+            yield batch, idx
+
+    def _max_over_ranks(self, n: int) -> int:
+        import deepspeed.comm as dist
+
+        t = torch.tensor([n], dtype=torch.long, device=self.engine.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def _token_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
-        """(log π of each next token [B, L-1], the entropy at the response positions [n] or
-        None), from FP32 logits.
-
-        Through the engine's own forward: calling the base model and the chunked FP32 head
-        (cispo.models.fp32_head) directly gave 2 ZeRO-3 ranks different embedding gradients
-        from 1 rank, so the chunked path waits until that is understood."""
-        from cispo.ops.logprobs import token_entropy, token_logprobs
-
-        ids = batch["input_ids"].to(self.engine.device)
-        logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
-        lp = token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
-        if not with_entropy:
+        """(log π of each next token [B, L-1] in `collate`'s layout, the entropy at the response
+        positions [n] or None), through the engine's forward (see `enable_token_scoring` for
+        why it must be the engine's) and the chunked FP32 head: no [T, V] logits."""
+        dev = self.engine.device
+        packed = batch.get("packed")
+        if packed is not None:  # one row, boundaries from position_ids / cu_seqlens
+            kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in packed.model_kwargs().items()}
+            lp, ent = self.engine(**kwargs, targets=packed.targets.to(dev), temperature=self.temperature,
+                                  with_entropy=with_entropy)
+            lp = packed.unpack(lp)
+            ent = packed.unpack(ent) if ent is not None else None
+        else:
+            ids = batch["input_ids"].to(dev)
+            # the last position has no next token: score a pad there and drop it
+            targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+            lp, ent = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(dev),
+                                  targets=targets, temperature=self.temperature, with_entropy=with_entropy)
+            lp, ent = lp[:, :-1], (ent[:, :-1] if ent is not None else None)
+        if ent is None:
             return lp, None
         # a metric: only the positions it is reported for, not the prompt or the padding
-        return lp, token_entropy(logits[:, :-1][batch["mask"].to(ids.device) > 0], self.temperature)
+        return lp, ent[batch["mask"].to(dev) > 0]
 
     @torch.no_grad()
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
         """π_old of each response token, and sums for the train/rollout agreement metrics."""
         self.engine.eval()
-        out: list[list[float]] = []
         s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
-        for batch in self._micro_batches(items, None):
+        out: list[list[float] | None] = [None] * len(items)
+        for batch, idx in self._micro_batches(items, None):
             lp, ent = self._token_logprobs(batch, with_entropy=True)
             lp = lp.cpu()
             m = batch["mask"] > 0
@@ -156,10 +236,9 @@ class LearnerWorker:
             s["yy"] += float((y * y).sum())
             s["xy"] += float((x * y).sum())
             s["absdiff"] += float((x - y).abs().sum())
-            for i in range(lp.shape[0]):
-                if m[i].any():
-                    out.append(lp[i][m[i]].tolist())
-        return out[:len(items)], s
+            for row, i in enumerate(idx):
+                out[i] = lp[row][m[row]].tolist()
+        return out, s
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
                         loss_kwargs: dict, global_tokens: float, global_samples: float) -> dict[str, float]:
@@ -172,7 +251,10 @@ class LearnerWorker:
         per_rank_tokens = global_tokens / self.world_size
         per_rank_samples = global_samples / self.world_size
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0}
-        for batch in self._micro_batches(items, old):
+        batches = list(self._micro_batches(items, old))
+        for k, (batch, _) in enumerate(batches):
+            # the boundary is the last micro-batch, whatever their number this step
+            self.engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
             lp, _ = self._token_logprobs(batch)
             dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
@@ -199,14 +281,55 @@ class LearnerWorker:
         return self.engine.gradient_clipping()
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights (CPU) on rank 0, None elsewhere; call on all ranks together."""
-        if self.zero_stage == 3:
+        """Full weights (CPU, the model's own parameter names) on rank 0, None elsewhere; call on
+        all ranks together."""
+        if self.zero_stage == 3 and self.expert_parallel_size:
+            sd = self._gather_autoep_state_dict()
+        elif self.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             sd = self.engine.module.state_dict()
         if self.rank != 0:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def _gather_autoep_state_dict(self) -> dict[str, torch.Tensor]:
+        """ZeRO-3 + AutoEP: DeepSpeed refuses its consolidated export (expert tensors are
+        partitioned over expert groups), so gather each parameter here and map AutoEP's layers
+        back to transformers' layout: router.gate.weight → gate.weight, and per layer the
+        experts of all EP ranks (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I])
+        → experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
+        experts.down_proj [E, H, I]."""
+        import deepspeed.comm as dist
+        from deepspeed.runtime.zero import GatheredParameters
+
+        module = self.engine.module
+        ep_layers = {name: m for name, m in module.named_modules() if type(m).__name__ == "AutoEPMoELayer"}
+        full: dict[str, torch.Tensor] = {}
+        for name, p in module.named_parameters():
+            with GatheredParameters([p], modifier_rank=None):
+                t = p.data.detach().to("cpu", copy=True)
+            owner, _, leaf = name.rpartition(".")
+            layer_name = owner.removesuffix(".experts")
+            if owner.endswith(".experts") and layer_name in ep_layers:
+                group = ep_layers[layer_name].ep_group  # this rank's experts → all of them
+                local = t.to(self.engine.device)
+                parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group=group))]
+                dist.all_gather(parts, local, group=group)
+                t = torch.cat([x.to("cpu") for x in parts], dim=0)
+            full[name] = t
+        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
+            for bname, b in owner.named_buffers(recurse=False):
+                name = f"{owner_name}.{bname}" if owner_name else bname
+                if bname in owner._non_persistent_buffers_set or owner_name in ep_layers:
+                    continue
+                full[name] = b.detach().to("cpu", copy=True)
+        for prefix in ep_layers:
+            full[f"{prefix}.gate.weight"] = full.pop(f"{prefix}.router.gate.weight")
+            w1, w2, w3 = (full.pop(f"{prefix}.experts.{w}") for w in ("w1", "w2", "w3"))
+            full[f"{prefix}.experts.gate_up_proj"] = torch.cat([w1, w3], dim=1)
+            full[f"{prefix}.experts.down_proj"] = w2
+        return full
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
@@ -272,6 +395,9 @@ class LearnerGroup:
 
     def set_grad_clip(self, value: float) -> list[float]:
         return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
+
+    def expert_layout(self) -> list[dict[str, int]]:
+        return ray.get([w.expert_layout.remote() for w in self.workers])
 
     def state_dict_ref(self) -> ray.ObjectRef:
         """An object-store reference to the full weights (gathered on rank 0)."""
