@@ -60,11 +60,21 @@ def _init(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def plain_sp(rank, world, port, out_dir, lens_list):
+def both(rank, world, port, out_dir, lens_list, lens0, lens1):
+    """One spawn for both comparisons (process start-up dominates the test's time)."""
+    try:
+        _init(rank, world, port)
+        plain_sp(rank, out_dir, lens_list)
+        zero3_autoep(rank, world, out_dir, lens0, lens1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def plain_sp(rank, out_dir, lens_list):
     """SP=2 with plain torch.distributed in float64 against SP=1 on the same model: for each
     packed batch, the loss (summed over ranks) and every parameter's gradient (summed over ranks)."""
     try:
-        _init(rank, world, port)
         from cispo import seqpar
 
         ref = tiny_hybrid()
@@ -96,9 +106,6 @@ def plain_sp(rank, world, port, out_dir, lens_list):
     except Exception:
         torch.save({"error": traceback.format_exc()}, f"{out_dir}/plain_{rank}.pt")
         raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _engine(model):
@@ -114,14 +121,13 @@ def _engine(model):
     return engine
 
 
-def zero3_autoep(rank, world, port, out_dir, lens0, lens1):
+def zero3_autoep(rank, world, out_dir, lens0, lens1):
     """ZeRO-3 + AutoEP (EP=2), float32, two engines from one initial model. SP=1: rank r trains on
     batch r alone (plain data parallelism). SP=2: both ranks train on batches 0 and 1 packed into
     one row and split across them. The learner's loss scaling (x world / global tokens) is used for
     both, so DeepSpeed's average over ranks gives the gradient of the whole batch; every
     parameter's gradient (each rank's local experts included) must agree."""
     try:
-        _init(rank, world, port)
         import logging
 
         import deepspeed
@@ -161,6 +167,3 @@ def zero3_autoep(rank, world, port, out_dir, lens0, lens1):
     except Exception:
         torch.save({"error": traceback.format_exc()}, f"{out_dir}/zero3_{rank}.pt")
         raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -163,3 +163,25 @@ def test_patched_model_at_size_1_equals_transformers_on_each_sequence():
         start += n
     # 1e-6: transformers' lightning loop uses decay tables built in float32
     assert ((out - torch.cat(parts, 1)).abs().max() / out.abs().max()).item() < 1e-6
+
+
+def test_learner_rejects_a_size_that_does_not_divide_the_ranks(tiny_model_path):
+    from omegaconf import OmegaConf
+
+    from cispo.config import LearnerConfig, ModelConfig
+    from cispo.learner import LearnerGroup
+
+    cfg = OmegaConf.structured(LearnerConfig(num_workers=3, sequence_parallel_size=2, micro_batch_tokens=40))
+    with pytest.raises(ValueError, match="must divide"):  # before any actor starts
+        LearnerGroup(cfg, OmegaConf.structured(ModelConfig), tiny_model_path, 4, 1.0)
+
+
+def test_docs_seqpar_example_runs(monkeypatch):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    blocks = re.findall(r"```python\n(.*?)```", (root / "docs" / "seqpar.md").read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/seqpar.md", "exec"), {})
