@@ -185,3 +185,16 @@ def test_docs_seqpar_example_runs(monkeypatch):
     assert blocks
     for code in blocks:
         exec(compile(code, "docs/seqpar.md", "exec"), {})
+
+
+def test_segments_are_recomputed_for_every_new_position_ids():
+    """Two forwards whose position_ids differ (a freed tensor's address may be reused) must not
+    share cached segments."""
+    from seqpar_workers import tiny_hybrid
+
+    model = tiny_hybrid()
+    sp = seqpar.patch_model(model, None)
+    ids = torch.randint(0, 64, (1, 8))
+    for pos in ([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 0, 1, 2, 3, 4]):
+        model(**seqpar.model_inputs({"input_ids": ids, "position_ids": torch.tensor([pos])}))
+        assert list(sp.cached.starts) == [i for i, p in enumerate(pos) if p == 0]

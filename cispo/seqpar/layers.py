@@ -33,9 +33,10 @@ def _segments(self, kwargs: dict) -> Segments:
         raise ValueError("a sequence-parallel model needs position_ids (restarting at 0 per "
                          "packed sequence); build the inputs with cispo.seqpar.model_inputs")
     sp = self._seqpar
-    key = (pos.data_ptr(), tuple(pos.shape))
-    if sp.cached_key != key:  # every layer of one forward reads the same position_ids
-        sp.cached_key, sp.cached = key, segments_of(pos, group_rank(sp.group))
+    # every layer of one forward gets the same position_ids object; the cache holds that object,
+    # so an identity match cannot be a new tensor that reuses a freed address
+    if sp.cached_key is not pos:
+        sp.cached_key, sp.cached = pos, segments_of(pos, group_rank(sp.group))
     return sp.cached
 
 
