@@ -198,3 +198,21 @@ def test_segments_are_recomputed_for_every_new_position_ids():
     for pos in ([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 0, 1, 2, 3, 4]):
         model(**seqpar.model_inputs({"input_ids": ids, "position_ids": torch.tensor([pos])}))
         assert list(sp.cached.starts) == [i for i, p in enumerate(pos) if p == 0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fla_local_kernel_matches_the_torch_kernel_with_final_states():
+    """The GPU path of a chunk (fla, varlen, output_final_state) against the float64 torch kernel:
+    outputs and every sequence's final state in the [N, H, d, d] k-first layout the combine uses."""
+    from cispo.seqpar.layers import lightning_local
+
+    lens = [300, 517, 65]
+    q, k, v = qkv(sum(lens), H=8, d=64, seed=4)
+    slopes = 2.0 ** (-8 * (torch.arange(8, dtype=torch.float64) + 1) / 8)
+    cu = [0, 300, 817, 882]
+    o_ref, s_ref = chunk_lightning_torch(q, k, v, slopes, torch.tensor(cu), block=64)
+    o, s = lightning_local(*(x.float().cuda() for x in (q, k, v)), slopes.cuda(), cu, 256)
+    for got, want in ((o, o_ref), (s, s_ref)):
+        err = ((got.double().cpu() - want).norm() / want.norm()).item()
+        assert err < 5e-3, err  # fla's float32 kernels use TF32 products
