@@ -119,10 +119,10 @@ def _engine(model, autoep):
 
 
 def _step(engine, local, scale):
-    hidden = engine.module.model(**seqpar.model_inputs(local)).last_hidden_state
-    lp, _ = engine.module.lm_head(hidden[0], tokens=local["target_ids"][0])
+    # through the engine's own forward (cispo.models.fp32_head.enable_token_scoring says why)
+    lp, _ = engine(**seqpar.model_inputs(local), targets=local["target_ids"])
     w = torch.exp(lp.detach() + 12.0).clamp(max=1.28)  # CISPO: sg(clip(r)) · Â · log π
-    loss = -(w * local["adv"][0] * lp).sum() * scale
+    loss = -(w * local["adv"] * lp).sum() * scale
     engine.backward(loss)
     engine.step()
 
@@ -152,13 +152,14 @@ def _profiled_step(engine, local, scale):
 def throughput(a, rank, world, device, save=lambda part: None):
     from transformers import MiniMaxForCausalLM
 
-    from cispo.models.fp32_head import apply_fp32_head
+    from cispo.models.fp32_head import apply_fp32_head, enable_token_scoring
 
     cfg = hybrid_config(a.layers, a.hidden, a.heads, a.experts, a.ffn, a.vocab)
     torch.manual_seed(0)
     model = MiniMaxForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     apply_fp32_head(model)
+    enable_token_scoring(model)
     sp = seqpar.patch_model(model, None)
     engine = _engine(model, a.autoep)
     capacity = torch.cuda.get_device_properties(device).total_memory
