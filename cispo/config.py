@@ -191,6 +191,9 @@ class LearnerConfig:
     head_precision: str = "ieee"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
+    # K/V all-gather for softmax layers); must divide num_workers; 1 = off
+    sequence_parallel_size: int = 1
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2

@@ -136,6 +136,16 @@ class LearnerWorker:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         enable_token_scoring(model)
+        # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
+        self.sp_size = cfg.get("sequence_parallel_size", 1)
+        self.sp = None
+        if self.sp_size > 1:
+            from cispo import seqpar
+
+            if not cfg.get("micro_batch_tokens", 0):
+                raise ValueError("learner.sequence_parallel_size > 1 splits packed rows: set "
+                                 "learner.micro_batch_tokens > 0")
+            self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
         if cfg.get("head_precision", "ieee") != "ieee":
             if not hasattr(head, "precision"):
@@ -175,7 +185,10 @@ class LearnerWorker:
             n = self.n_micro
         for k in range(n):
             if k >= len(groups):
-                yield self._dummy(old is not None), []
+                dummy = self._dummy(old is not None)
+                if self.sp is not None:  # the sequence-parallel layers take packed rows only
+                    dummy["packed"] = pack([[self.pad_id] * 3], pad_id=self.pad_id)
+                yield dummy, []
                 continue
             idx = groups[k]
             batch = collate([items[i] for i in idx], self.pad_id,
@@ -198,7 +211,20 @@ class LearnerWorker:
         why it must be the engine's) and the chunked FP32 head: no [T, V] logits."""
         dev = self.engine.device
         packed = batch.get("packed")
-        if packed is not None:  # one row, boundaries from position_ids / cu_seqlens
+        if packed is not None and self.sp is not None:  # this rank's chunk of the row
+            from cispo import seqpar
+
+            local = seqpar.split_packed({"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+                                         "targets": packed.targets}, self.sp.rank, self.sp.size, self.pad_id)
+            kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in seqpar.model_inputs(local).items()}
+            lp, ent = self.engine(**kwargs, targets=local["targets"].to(dev), temperature=self.temperature,
+                                  with_entropy=with_entropy)
+            # the whole row's log-probs on every rank of the group (T floats); the gather's
+            # backward sends each rank's share of the gradient back to the rank that computed it
+            T = packed.num_tokens
+            lp = packed.unpack(seqpar.gather_seq(lp[0], self.sp.group)[:T][None])
+            ent = packed.unpack(seqpar.gather_seq_nograd(ent, self.sp.group)[:, :T]) if ent is not None else None
+        elif packed is not None:  # one row, boundaries from position_ids / cu_seqlens
             kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in packed.model_kwargs().items()}
             lp, ent = self.engine(**kwargs, targets=packed.targets.to(dev), temperature=self.temperature,
                                   with_entropy=with_entropy)
@@ -260,8 +286,10 @@ class LearnerWorker:
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
                                   sample_count=per_rank_samples, **loss_kwargs)
-            # scale_wrt_gas=False: the loss is already normalised by the token count.
-            self.engine.backward(loss, scale_wrt_gas=False)
+            # scale_wrt_gas=False: the loss is already normalised by the token count. Every rank of
+            # a sequence-parallel group holds the whole row's loss: / sp_size so the group adds
+            # up to it once (the log-prob gather's backward sums the group's gradients).
+            self.engine.backward(loss / self.sp_size, scale_wrt_gas=False)
             self.engine.step()
             sums["loss"] += float(loss.detach()) / self.world_size
             sums["tokens"] += m["tokens"]
@@ -349,6 +377,10 @@ class LearnerGroup:
     def __init__(self, cfg: Any, model_cfg: Any, model_path: str, samples_per_minibatch: int,
                  temperature: float):
         self.W = cfg.num_workers
+        self.sp = cfg.get("sequence_parallel_size", 1)  # ranks r .. r+sp-1 share every item
+        if self.sp < 1 or self.W % self.sp:
+            raise ValueError(f"learner.sequence_parallel_size={self.sp} must divide "
+                             f"learner.num_workers={self.W}")
         per_rank = -(-samples_per_minibatch // self.W)
         self.n_micro = max(1, -(-per_rank // cfg.micro_batch_size))
         port = cfg.master_port or _free_port()
@@ -362,11 +394,18 @@ class LearnerGroup:
         ray.get([w.ready.remote() for w in self.workers])
 
     def _shards(self, items: list) -> list[list]:
-        per = -(-len(items) // self.W)
-        return [items[r * per:(r + 1) * per] for r in range(self.W)]
+        """Each data-parallel group's share, given to every rank of its sequence-parallel group."""
+        dp = self.W // self.sp
+        per = -(-len(items) // dp)
+        return [items[(r // self.sp) * per:(r // self.sp + 1) * per] for r in range(self.W)]
+
+    def _leaders(self, parts: list) -> list:
+        """One result per sequence-parallel group (its ranks return the same items)."""
+        return parts[::self.sp]
 
     def old_logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
-        parts = ray.get([w.logprobs.remote(s) for w, s in zip(self.workers, self._shards(items), strict=True)])
+        parts = self._leaders(ray.get([w.logprobs.remote(s) for w, s in
+                                       zip(self.workers, self._shards(items), strict=True)]))
         lps = [lp for p, _ in parts for lp in p]
         s = {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
         n = max(s["n"], 1.0)
@@ -384,8 +423,9 @@ class LearnerGroup:
                         loss_kwargs: dict) -> dict[str, float]:
         tokens = float(sum(len(it.response_ids) for it in items))
         shards, olds = self._shards(items), self._shards(old)
-        parts = ray.get([w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
-                         for w, s, o in zip(self.workers, shards, olds, strict=True)])
+        parts = self._leaders(ray.get([
+            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
+            for w, s, o in zip(self.workers, shards, olds, strict=True)]))
         t = max(sum(p["tokens"] for p in parts), 1.0)
         return {"loss/policy": sum(p["loss"] for p in parts),
                 "is_weight/mean": sum(p["ratio"] for p in parts) / t,

@@ -62,7 +62,9 @@ def one_rank(ray_local, tiny_model_path):
     # 40-token budget: 2-4 packed micro-batches per rank, unequal counts (the ranks agree on the max)
     {"expert_parallel_size": 2, "micro_batch_tokens": 40},
     {},
-], ids=["autoep2_packed", "rows"])
+    # both ranks share every packed row, each computing half of it (cispo.seqpar)
+    {"sequence_parallel_size": 2, "expert_parallel_size": 2, "micro_batch_tokens": 40},
+], ids=["autoep2_packed", "rows", "sp2_autoep2_packed"])
 def test_two_rank_zero3_steps_match_one_rank(one_rank, tiny_model_path, learner):
     from cispo.models.build import load_model
 
