@@ -49,7 +49,7 @@ class RolloutManager:
         for k, w in enumerate(self.workers):
             chunk = prompt_ids[k * per:(k + 1) * per]
             if chunk:
-                params = self._params(seed * 1000 + k)
+                params = self._params(seed)  # per-sample streams: (seed, prompt, sample)
                 ref = w.generate.remote(chunk, self.cfg.group_size, params, k * per, self._version)
                 jobs[k] = (chunk, k * per, params, ref)
         out = {k: self._collect(k, *job) for k, job in jobs.items()}
