@@ -91,6 +91,14 @@ class RolloutConfig:
     num_cpus_per_worker: float = 1.0  # Ray resources per worker
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 1  # intra-op threads per worker on CPU
+    # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
+    sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
+    # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
+    # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
+    # keyword, hence the name.
+    async_generation: bool = False
+    # prompts decoded together per engine call (0 = all of a worker's prompts at once)
+    max_prompts_per_batch: int = 0
 
 
 @dataclass

@@ -208,6 +208,15 @@ class LearnerWorker:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
+    def weight_buckets(self, bucket_mb: float) -> tuple[list, dict[str, float]] | None:
+        """The weights as object-store buckets, gathered one bucket at a time (cispo.weight_sync);
+        (refs, bytes/seconds stats) on rank 0, None elsewhere; call on all ranks together."""
+        from cispo.weight_sync import to_object_store
+
+        out = to_object_store(self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
+                              self.rank == 0, ray.put)
+        return out if self.rank == 0 else None
+
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
 
@@ -278,6 +287,10 @@ class LearnerGroup:
         refs = [w.state_dict.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs))
         return refs[0]
+
+    def weight_buckets(self, bucket_mb: float) -> tuple[list[ray.ObjectRef], dict[str, float]]:
+        """(object-store refs of the weight buckets, sync stats) from rank 0."""
+        return ray.get([w.weight_buckets.remote(bucket_mb) for w in self.workers])[0]
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         ray.get([w.save.remote(ckpt_dir, tag, client_state) for w in self.workers])

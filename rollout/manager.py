@@ -24,7 +24,7 @@ class RolloutManager:
                  model_options: dict | None = None):
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
-        self._weights: ray.ObjectRef | None = None
+        self._weights: ray.ObjectRef | list | None = None
         self._version = 0
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "max_restarts": cfg.max_restarts,
@@ -37,10 +37,17 @@ class RolloutManager:
         ]
         ray.get([w.ready.remote() for w in self.workers])
 
-    def sync_weights(self, state_ref: ray.ObjectRef) -> None:
-        """Every worker loads the same weights (one copy in the object store, read by all)."""
-        self._weights, self._version = state_ref, self._version + 1
-        ray.get([w.load_weights.remote(state_ref, self._version) for w in self.workers])
+    @property
+    def version(self) -> int:
+        """How many weight syncs the workers have taken (0: the initial checkpoint)."""
+        return self._version
+
+    def sync_weights(self, weights: ray.ObjectRef | list[ray.ObjectRef]) -> float:
+        """Every worker loads the same weights: one object-store ref of a whole state dict, or
+        the refs of its buckets (one copy each in the object store, read by all). Returns the
+        slowest worker's load seconds."""
+        self._weights, self._version = weights, self._version + 1
+        return max(ray.get([w.load_weights.remote(weights, self._version) for w in self.workers]))
 
     def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
         """G samples per prompt; result grouped by prompt, in prompt order."""

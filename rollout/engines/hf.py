@@ -52,6 +52,13 @@ class HFEngine:
         if (strict and set(missing) - tied) or unexpected:
             raise RuntimeError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+    def check_complete(self, names: set[str]) -> None:
+        """After a bucketed sync: every parameter arrived (a tied head counts as its embedding)."""
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        missing = sorted({n for n, _ in self.model.named_parameters()} - set(names) - tied)
+        if missing:
+            raise RuntimeError(f"weight sync incomplete: {len(missing)} parameters missing, e.g. {missing[:5]}")
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
                  first_index: int = 0) -> list[Sample]:
