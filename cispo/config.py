@@ -99,6 +99,9 @@ class RolloutConfig:
     async_generation: bool = False
     # prompts decoded together per engine call (0 = all of a worker's prompts at once)
     max_prompts_per_batch: int = 0
+    # MoE routing replay: the engine records each token's experts, the learner's forward uses
+    # them instead of routing again (MiniMax MoE models; HF engine)
+    routing_replay: bool = False
 
 
 @dataclass

@@ -31,6 +31,7 @@ class TrainItem:
     response_ids: list[int]
     rollout_logprobs: list[float]
     advantage: float
+    routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
 
 
 def _free_port() -> int:
@@ -60,8 +61,14 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
         if old_logprobs is not None:
             old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
         adv[i] = it.advantage
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
-            "old_logprobs": old, "advantages": adv}
+    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
+           "old_logprobs": old, "advantages": adv}
+    if any(it.routing is not None for it in items):
+        from cispo.models.routing_replay import pad_routing
+
+        shape = next(it.routing for it in items if it.routing is not None).shape
+        out["routing"] = pad_routing([it.routing for it in items], width, shape[2], shape[1])
+    return out
 
 
 @ray.remote
@@ -126,10 +133,12 @@ class LearnerWorker:
         Through the engine's own forward: calling the base model and the chunked FP32 head
         (cispo.models.fp32_head) directly gave 2 ZeRO-3 ranks different embedding gradients
         from 1 rank, so the chunked path waits until that is understood."""
+        from cispo.models.routing_replay import replay
         from cispo.ops.logprobs import token_entropy, token_logprobs
 
         ids = batch["input_ids"].to(self.engine.device)
-        logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
+        with replay(self.engine.module, batch.get("routing")):  # the rollout's experts, if recorded
+            logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
         lp = token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
         if not with_entropy:
             return lp, None

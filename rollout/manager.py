@@ -30,9 +30,10 @@ class RolloutManager:
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
+        engine_options = engine_options_from(cfg)
         self.workers = [
             GenerationWorker.options(**opts).remote(cfg.engine, model_path, dtype, cfg.torch_threads,
-                                                    trust_remote_code, device, model_options)
+                                                    trust_remote_code, device, model_options, engine_options)
             for _ in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])
@@ -99,3 +100,12 @@ class RolloutManager:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+
+
+def engine_options_from(cfg: Any) -> dict:
+    """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
+    if cfg.engine == "hf":
+        return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
+    if cfg.routing_replay:
+        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+    return {}

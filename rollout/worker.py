@@ -16,9 +16,10 @@ from rollout.types import Sample, SamplingParams
 class GenerationWorker:
     def __init__(self, engine: str, model_path: str, dtype: str, torch_threads: int,
                  trust_remote_code: bool = False, device: str = "cpu",
-                 model_options: dict | None = None):
+                 model_options: dict | None = None, engine_options: dict | None = None):
         setup_actor(torch_threads)
-        self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code, model_options)
+        self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code, model_options,
+                                  **(engine_options or {}))
 
         self.version = 0  # which weight sync this worker holds; 0 = the initial checkpoint
 

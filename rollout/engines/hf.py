@@ -29,7 +29,7 @@ REASONS = {LENGTH: "length", STOP: "stop", REPETITION: "repetition"}
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, model_options: dict | None = None,
-                 max_prompts_per_batch: int = 0):
+                 max_prompts_per_batch: int = 0, record_routing: bool = False):
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         # model_options (fp32_head, rotary_dim): the learner's, so both compute the same model
@@ -38,7 +38,11 @@ class HFEngine:
         self.eos_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else -1
         self.pad_id = self.tokenizer.pad_token_id
         self.max_prompts_per_batch = max_prompts_per_batch  # 0: all of a call's prompts at once
-        self.recorder = None  # a RoutingRecorder while routing replay is on (cispo.models.routing_replay)
+        self.recorder = None  # routing replay: records each token's experts (cispo.models.routing_replay)
+        if record_routing:
+            from cispo.models.routing_replay import RoutingRecorder
+
+            self.recorder = RoutingRecorder(self.model)
         types = list(getattr(self.model.config, "layer_types", None) or [])
         # hybrid models (lightning + softmax layers): the first softmax layer, see `_forward`
         self.full_layer = types.index("full_attention") if "full_attention" in types and \
@@ -82,9 +86,11 @@ class HFEngine:
             attn[i, width - len(p):] = 1
         ids, attn = ids.to(dev), attn.to(dev)
         if self.recorder is not None:
-            self.recorder.start(P, G, width)
+            self.recorder.start([len(p) for p in prompts], G, width)
         # 1. one prefill per prompt; positions count real tokens only (left padding)
         out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
+        if self.recorder is not None:
+            self.recorder.after_forward()
         cache, logits = out.past_key_values, out.logits[:, -1]
         # 2. expand to the G samples of each prompt: row r is sample r % G of prompt r // G
         if G > 1:
@@ -126,6 +132,8 @@ class HFEngine:
                     self.recorder.select(keep)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self._forward(tok[:, None], attn, pos[:, None], cache)
+            if self.recorder is not None:
+                self.recorder.after_forward()
             logits, pos = out.logits[:, -1], pos + 1
         toks, lps, lengths, reasons = toks.cpu(), lps.float().cpu(), lengths.tolist(), reasons.tolist()
         routing = self.recorder.finish(lengths) if self.recorder is not None else None
