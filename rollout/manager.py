@@ -31,10 +31,12 @@ class RolloutManager:
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
         engine_options = engine_options_from(cfg)
+        self.placement_groups = placement_groups(cfg)  # one per engine, or [] (Ray places freely)
         self.workers = [
-            GenerationWorker.options(**opts).remote(cfg.engine, model_path, dtype, cfg.torch_threads,
-                                                    trust_remote_code, device, model_options, engine_options)
-            for _ in range(cfg.num_workers)
+            GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, cfg)).remote(
+                cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code, device,
+                model_options, engine_options)
+            for k in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])
 
@@ -100,12 +102,61 @@ class RolloutManager:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+        for pg in self.placement_groups:
+            ray.util.remove_placement_group(pg)
 
 
 def engine_options_from(cfg: Any) -> dict:
     """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
     if cfg.engine == "hf":
+        if cfg.tensor_parallel_size != 1:
+            raise ValueError("rollout.engine=hf runs one device per engine: set "
+                             "rollout.tensor_parallel_size=1 (tensor parallel needs rollout.engine=vllm)")
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
     if cfg.routing_replay:
         raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+    if cfg.engine == "vllm":
+        return {"tensor_parallel_size": cfg.tensor_parallel_size, **cfg.vllm}
     return {}
+
+
+def placement_groups(cfg: Any) -> list:
+    """One placement group per engine: `tensor_parallel_size` bundles of {GPU: num_gpus_per_worker,
+    CPU: num_cpus_per_worker}, packed on one node (a tensor-parallel engine's GPUs talk over
+    NVLink). `rollout.placement_groups`: auto (with GPUs), on, off. Waits until Ray reserved them."""
+    from ray.util.placement_group import placement_group
+
+    mode = cfg.placement_groups
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"rollout.placement_groups must be auto, on or off, got {mode!r}")
+    if mode == "off" or (mode == "auto" and cfg.num_gpus_per_worker <= 0):
+        return []
+    bundle = {"CPU": cfg.num_cpus_per_worker}
+    if cfg.num_gpus_per_worker > 0:
+        bundle["GPU"] = cfg.num_gpus_per_worker
+    groups = [placement_group([dict(bundle) for _ in range(cfg.tensor_parallel_size)], strategy="STRICT_PACK")
+              for _ in range(cfg.num_workers)]
+    ready = [g.ready() for g in groups]
+    done, _ = ray.wait(ready, num_returns=len(ready), timeout=RESTART_TIMEOUT_S)
+    if len(done) < len(ready):
+        for g in groups:
+            ray.util.remove_placement_group(g)
+        raise RuntimeError(f"Ray could not reserve {cfg.num_workers} engine placement groups of "
+                           f"{cfg.tensor_parallel_size} x {bundle} within {RESTART_TIMEOUT_S} s: the "
+                           "cluster lacks these resources (lower rollout.num_workers or the per-worker needs)")
+    return groups
+
+
+def _in_group(groups: list, k: int, cfg: Any) -> dict:
+    """Actor options placing worker k in bundle 0 of its group. A tensor-parallel engine's own
+    processes (vLLM's Ray executor) land in the group's other bundles: child tasks are captured."""
+    if not groups:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(groups[k], placement_group_bundle_index=0,
+                                                placement_group_capture_child_tasks=True)
+    opts: dict = {"scheduling_strategy": strategy}
+    if cfg.tensor_parallel_size > 1:
+        opts["num_gpus"] = 0  # the engine's tensor-parallel workers hold the group's GPUs
+    return opts
