@@ -156,13 +156,20 @@ class HFEngine:
         if self.full_layer is None:
             return self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                               use_cache=True, logits_to_keep=1)
+        if bool(attn.all()):  # no padding: plain causal attention, no mask needed
+            return self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
+                              logits_to_keep=1)
         from transformers.masking_utils import create_causal_mask
 
         embeds = self.model.get_input_embeddings()(ids)
-        full = create_causal_mask(config=self.model.config, inputs_embeds=embeds, attention_mask=attn,
-                                  past_key_values=cache, position_ids=pos, layer_idx=self.full_layer)
+        try:
+            full = create_causal_mask(config=self.model.config, inputs_embeds=embeds, attention_mask=attn,
+                                      past_key_values=cache, position_ids=pos, layer_idx=self.full_layer)
+        except TypeError as e:  # older transformers: no layer_idx
+            raise RuntimeError("left-padded batches of a hybrid model need transformers' "
+                               "create_causal_mask(layer_idx=...) (transformers >= 5.23)") from e
         # lightning layers zero the padding's q, k, v in a prefill; a decode token is never padding
-        linear = attn[:, -ids.shape[1]:] if ids.shape[1] > 1 and not bool(attn.all()) else None
+        linear = attn[:, -ids.shape[1]:] if ids.shape[1] > 1 else None
         return self.model(inputs_embeds=embeds, attention_mask={"full_attention": full, "linear_attention": linear},
                           position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
@@ -172,7 +179,8 @@ def cache_rows(cache, fn) -> None:
     because `MiniMaxCache.batch_repeat_interleave` indexes past its lightning-state list when the
     last layer is a softmax layer (transformers 5.x); this touches only what the cache holds."""
     for layer in cache.layers:
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.numel():
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
     states = getattr(cache, "linear_cache", None) or []
     for i, state in enumerate(states):
