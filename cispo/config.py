@@ -102,10 +102,8 @@ class RolloutConfig:
     # MoE routing replay: the engine records each token's experts, the learner's forward uses
     # them instead of routing again (MiniMax MoE models; HF engine)
     routing_replay: bool = False
-    # devices per engine (vLLM tensor parallel; the HF engine needs 1)
-    tensor_parallel_size: int = 1
-    # Ray placement group per engine (tensor_parallel_size bundles of the per-worker CPUs/GPUs,
-    # packed on one node): auto = with GPUs only, on, off
+    # Ray placement group per engine (parallel.rollout_tensor_parallel x rollout_pipeline_parallel
+    # bundles of the per-worker CPUs/GPUs, packed on one node): auto = with GPUs only, on, off
     placement_groups: str = "auto"
     # extra vllm.LLM / engine settings for rollout.engine=vllm, e.g.
     # {gpu_memory_utilization: 0.85, colocated: true}

@@ -21,7 +21,8 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None):
+                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1)):
+        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`)."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
@@ -30,10 +31,11 @@ class RolloutManager:
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
-        engine_options = engine_options_from(cfg)
-        self.placement_groups = placement_groups(cfg)  # one per engine, or [] (Ray places freely)
+        engine_options = engine_options_from(cfg, *parallel)
+        devices = parallel[0] * parallel[1]
+        self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
         self.workers = [
-            GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, cfg)).remote(
+            GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, devices)).remote(
                 cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code, device,
                 model_options, engine_options)
             for k in range(cfg.num_workers)
@@ -106,24 +108,27 @@ class RolloutManager:
             ray.util.remove_placement_group(pg)
 
 
-def engine_options_from(cfg: Any) -> dict:
+def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> dict:
     """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
     if cfg.engine == "hf":
-        if cfg.tensor_parallel_size != 1:
-            raise ValueError("rollout.engine=hf runs one device per engine: set "
-                             "rollout.tensor_parallel_size=1 (tensor parallel needs rollout.engine=vllm)")
+        if tensor_parallel * pipeline_parallel != 1:
+            raise ValueError("rollout.engine=hf runs on one device per engine: set "
+                             "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
+                             "(model parallel engines need rollout.engine=vllm)")
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
     if cfg.routing_replay:
         raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
     if cfg.engine == "vllm":
-        return {"tensor_parallel_size": cfg.tensor_parallel_size, **cfg.vllm}
+        return {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
+                **cfg.vllm}
     return {}
 
 
-def placement_groups(cfg: Any) -> list:
-    """One placement group per engine: `tensor_parallel_size` bundles of {GPU: num_gpus_per_worker,
-    CPU: num_cpus_per_worker}, packed on one node (a tensor-parallel engine's GPUs talk over
-    NVLink). `rollout.placement_groups`: auto (with GPUs), on, off. Waits until Ray reserved them."""
+def placement_groups(cfg: Any, devices: int = 1) -> list:
+    """One placement group per engine: `devices` (tensor x pipeline parallel) bundles of
+    {GPU: num_gpus_per_worker, CPU: num_cpus_per_worker}, packed (a tensor-parallel engine's GPUs
+    talk over NVLink; STRICT_PACK for one device, PACK beyond, since an engine may span nodes).
+    `rollout.placement_groups`: auto (with GPUs), on, off. Waits until Ray reserved them."""
     from ray.util.placement_group import placement_group
 
     mode = cfg.placement_groups
@@ -134,7 +139,8 @@ def placement_groups(cfg: Any) -> list:
     bundle = {"CPU": cfg.num_cpus_per_worker}
     if cfg.num_gpus_per_worker > 0:
         bundle["GPU"] = cfg.num_gpus_per_worker
-    groups = [placement_group([dict(bundle) for _ in range(cfg.tensor_parallel_size)], strategy="STRICT_PACK")
+    strategy = "STRICT_PACK" if devices == 1 else "PACK"
+    groups = [placement_group([dict(bundle) for _ in range(devices)], strategy=strategy)
               for _ in range(cfg.num_workers)]
     ready = [g.ready() for g in groups]
     done, _ = ray.wait(ready, num_returns=len(ready), timeout=RESTART_TIMEOUT_S)
@@ -142,12 +148,12 @@ def placement_groups(cfg: Any) -> list:
         for g in groups:
             ray.util.remove_placement_group(g)
         raise RuntimeError(f"Ray could not reserve {cfg.num_workers} engine placement groups of "
-                           f"{cfg.tensor_parallel_size} x {bundle} within {RESTART_TIMEOUT_S} s: the "
+                           f"{devices} x {bundle} within {RESTART_TIMEOUT_S} s: the "
                            "cluster lacks these resources (lower rollout.num_workers or the per-worker needs)")
     return groups
 
 
-def _in_group(groups: list, k: int, cfg: Any) -> dict:
+def _in_group(groups: list, k: int, devices: int) -> dict:
     """Actor options placing worker k in bundle 0 of its group. A tensor-parallel engine's own
     processes (vLLM's Ray executor) land in the group's other bundles: child tasks are captured."""
     if not groups:
@@ -157,6 +163,6 @@ def _in_group(groups: list, k: int, cfg: Any) -> dict:
     strategy = PlacementGroupSchedulingStrategy(groups[k], placement_group_bundle_index=0,
                                                 placement_group_capture_child_tasks=True)
     opts: dict = {"scheduling_strategy": strategy}
-    if cfg.tensor_parallel_size > 1:
-        opts["num_gpus"] = 0  # the engine's tensor-parallel workers hold the group's GPUs
+    if devices > 1:
+        opts["num_gpus"] = 0  # the engine's model-parallel workers hold the group's GPUs
     return opts

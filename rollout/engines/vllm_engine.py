@@ -5,7 +5,7 @@ installed on this project's machines (no CUDA wheels reachable), so this adapter
 its tests (tests/test_rollout_vllm.py) runs only where `import vllm` works. What it relies on,
 from vLLM's documented API (v0.10.2 and later):
 
-- `vllm.LLM(model, dtype, tensor_parallel_size, seed, enable_sleep_mode,
+- `vllm.LLM(model, dtype, tensor_parallel_size, pipeline_parallel_size, seed, enable_sleep_mode,
   gpu_memory_utilization, logprobs_mode="processed_logprobs")`: log-probs of the distribution
   sampled from (after temperature / top-k / top-p), the same definition as the HF engine.
 - `LLM.generate([{"prompt_token_ids": ids}], SamplingParams(n=G, temperature, top_p, top_k,
@@ -37,7 +37,8 @@ from rollout.types import Sample, SamplingParams
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "bfloat16", device: str = "cuda",
                  trust_remote_code: bool = False, model_options: dict | None = None,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85,
                  colocated: bool = False, seed: int = 0):
         try:
             import vllm
@@ -49,6 +50,10 @@ class VLLMEngine:
                              "serve a checkpoint whose config already has it")
         self.colocated = colocated
         self.llm = vllm.LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                            pipeline_parallel_size=pipeline_parallel_size,
+                            # several devices: vLLM's Ray executor, inside the worker's placement group
+                            distributed_executor_backend="ray" if tensor_parallel_size * pipeline_parallel_size > 1
+                            else None,
                             trust_remote_code=trust_remote_code, seed=seed,
                             gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=colocated,
                             logprobs_mode="processed_logprobs")
