@@ -91,6 +91,23 @@ class RolloutConfig:
     num_cpus_per_worker: float = 1.0  # Ray resources per worker
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 1  # intra-op threads per worker on CPU
+    # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
+    sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
+    # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
+    # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
+    # keyword, hence the name.
+    async_generation: bool = False
+    # prompts decoded together per engine call (0 = all of a worker's prompts at once)
+    max_prompts_per_batch: int = 0
+    # MoE routing replay: the engine records each token's experts, the learner's forward uses
+    # them instead of routing again (MiniMax MoE models; HF engine)
+    routing_replay: bool = False
+    # Ray placement group per engine (parallel.rollout_tensor_parallel x rollout_pipeline_parallel
+    # bundles of the per-worker CPUs/GPUs, packed on one node): auto = with GPUs only, on, off
+    placement_groups: str = "auto"
+    # extra vllm.LLM / engine settings for rollout.engine=vllm, e.g.
+    # {gpu_memory_utilization: 0.85, colocated: true}
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

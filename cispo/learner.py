@@ -39,6 +39,7 @@ class TrainItem:
     response_ids: list[int]
     rollout_logprobs: list[float]
     advantage: float
+    routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
 
 
 def _free_port() -> int:
@@ -68,8 +69,14 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
         if old_logprobs is not None:
             old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
         adv[i] = it.advantage
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
-            "old_logprobs": old, "advantages": adv}
+    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
+           "old_logprobs": old, "advantages": adv}
+    if any(it.routing is not None for it in items):
+        from cispo.models.routing_replay import pad_routing
+
+        shape = next(it.routing for it in items if it.routing is not None).shape
+        out["routing"] = pad_routing([it.routing for it in items], width, shape[2], shape[1])
+    return out
 
 
 def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
@@ -211,6 +218,8 @@ class LearnerWorker:
         why it must be the engine's) and the chunked FP32 head: no [T, V] logits."""
         dev = self.engine.device
         packed = batch.get("packed")
+        if packed is not None and batch.get("routing") is not None:
+            raise ValueError("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
         if packed is not None and self.sp is not None:  # this rank's chunk of the row
             from cispo import seqpar
 
@@ -231,11 +240,14 @@ class LearnerWorker:
             lp = packed.unpack(lp)
             ent = packed.unpack(ent) if ent is not None else None
         else:
+            from cispo.models.routing_replay import replay
+
             ids = batch["input_ids"].to(dev)
             # the last position has no next token: score a pad there and drop it
             targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
-            lp, ent = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(dev),
-                                  targets=targets, temperature=self.temperature, with_entropy=with_entropy)
+            with replay(self.engine.module, batch.get("routing")):  # the rollout's experts, if recorded
+                lp, ent = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(dev),
+                                      targets=targets, temperature=self.temperature, with_entropy=with_entropy)
             lp, ent = lp[:, :-1], (ent[:, :-1] if ent is not None else None)
         if ent is None:
             return lp, None
@@ -359,6 +371,34 @@ class LearnerWorker:
             full[f"{prefix}.experts.down_proj"] = w2
         return full
 
+    def weight_buckets(self, bucket_mb: float) -> tuple[list, dict[str, float]] | None:
+        """The weights as object-store buckets, gathered one bucket at a time (cispo.weight_sync);
+        (refs, bytes/seconds stats) on rank 0, None elsewhere; call on all ranks together."""
+        import time
+
+        from cispo.weight_sync import sync_stats, to_object_store
+
+        if self.zero_stage == 3 and self.expert_parallel_size:
+            # AutoEP's layers hold experts in their own layout, split over expert groups: the
+            # engines need transformers' names, so rank 0 gathers the whole model once and
+            # buckets that (the per-bucket gather bound does not hold with AutoEP yet)
+            t0 = time.perf_counter()
+            sd = self._gather_autoep_state_dict()
+            if self.rank != 0:
+                return None
+            limit, refs, bucket, size, nbytes = int(bucket_mb * 2**20), [], {}, 0, 0
+            for name, t in sd.items():
+                if bucket and size + t.nbytes > limit:
+                    refs.append(ray.put(bucket))
+                    bucket, size = {}, 0
+                bucket[name], size, nbytes = t, size + t.nbytes, nbytes + t.nbytes
+            if bucket:
+                refs.append(ray.put(bucket))
+            return refs, sync_stats(nbytes, time.perf_counter() - t0, len(refs))
+        out = to_object_store(self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
+                              self.rank == 0, ray.put)
+        return out if self.rank == 0 else None
+
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
 
@@ -444,6 +484,10 @@ class LearnerGroup:
         refs = [w.state_dict.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs))
         return refs[0]
+
+    def weight_buckets(self, bucket_mb: float) -> tuple[list[ray.ObjectRef], dict[str, float]]:
+        """(object-store refs of the weight buckets, sync stats) from rank 0."""
+        return ray.get([w.weight_buckets.remote(bucket_mb) for w in self.workers])[0]
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         ray.get([w.save.remote(ckpt_dir, tag, client_state) for w in self.workers])

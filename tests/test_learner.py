@@ -39,6 +39,12 @@ def _run(world: int, path: str, items: list[TrainItem], **learner) -> dict:
         old2, _ = group.old_logprobs(items)
         metrics.append(group.train_minibatch(items, old2, "cispo", {"eps_low": 1.0, "eps_high": 0.28}))
         weights = ray.get(group.state_dict_ref())
+        # what the engines receive: the same weights, in small buckets (several per step here)
+        refs, stats = group.weight_buckets(0.05)
+        assert stats["sync/buckets"] == len(refs) > 1
+        assert {k: v for b in ray.get(refs) for k, v in b.items()}.keys() == weights.keys()
+        for b in ray.get(refs):
+            assert all(torch.equal(v, weights[k].to(v.dtype)) for k, v in b.items())
         assert group.set_grad_clip(0.5) == [0.5] * world  # the staged window lowers it later
         layout = group.expert_layout()
     finally:
