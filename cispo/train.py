@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from cispo import checkpoint, data, sampling
 from cispo.advantages import compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
+from cispo.config_check import value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.models.build import load_tokenizer, prepare
@@ -134,6 +135,8 @@ def build(cfg: DictConfig) -> Parts:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    if problems := value_problems(cfg):
+        sys.exit("config: " + "\nconfig: ".join(problems))
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
     state = checkpoint.read_state(ckpt) if ckpt else {}
