@@ -177,7 +177,7 @@ def agreement(a):
     state = base.state_dict()
     rows = []
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script only
-    for head in ("bf16", "fp32"):
+    for head, lstate in [(h, st) for h in ("bf16", "fp32") for st in ("model", "fp32")]:
         model = MiniMaxForCausalLM(cfg)
         model.load_state_dict(state)
         model = model.to(dev).bfloat16().eval()
@@ -185,7 +185,8 @@ def agreement(a):
         if head == "fp32":
             apply_fp32_head(model)
             model.lm_head.weight.data.copy_(state["lm_head.weight"])
-        patch_lightning_attention(model)
+        # the rollout's lightning KV state across decode steps: bf16 (transformers) or FP32 (M1)
+        patch_lightning_attention(model, fp32_state=lstate == "fp32")
         g = torch.Generator(device=dev).manual_seed(1)
         prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.prompt), device=dev, generator=g)
         torch.manual_seed(2)
@@ -201,7 +202,7 @@ def agreement(a):
                 train, _ = model.lm_head(hidden, tokens=resp)
             else:
                 train = token_logprobs(model.lm_head(hidden), resp)
-        rows.append({"head": head, "tokens": resp.numel(),
+        rows.append({"head": head, "decode_state": lstate, "tokens": resp.numel(),
                      "pearson_prob": pearson(train.exp().flatten(), roll.exp().flatten()),
                      "pearson_logprob": pearson(train.flatten(), roll.flatten()),
                      "mean_abs_dlogp": (train - roll).abs().mean().item(),
@@ -213,10 +214,10 @@ def agreement(a):
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']}: {a.layers}-layer hybrid, hidden {a.hidden}, V {cfg.vocab_size}, "
           f"{a.batch}×{a.new} sampled tokens; rollout = generate (prefill fla, then transformers' "
-          "one-token recurrence), train = full pass without cache (fla)")
-    print(f"{'head':>5} | {'pearson p':>9} | {'pearson logp':>12} | {'mean |Δlogp|':>12} | mean logp")
+          "one-token recurrence, lightning state in the model dtype or FP32), train = full pass without cache (fla)")
+    print(f"{'head':>5} | {'state':>5} | {'pearson p':>9} | {'pearson logp':>12} | {'mean |Δlogp|':>12} | mean logp")
     for r in rows:
-        print(f"{r['head']:>5} | {r['pearson_prob']:9.5f} | {r['pearson_logprob']:12.5f} | "
+        print(f"{r['head']:>5} | {r['decode_state']:>5} | {r['pearson_prob']:9.5f} | {r['pearson_logprob']:12.5f} | "
               f"{r['mean_abs_dlogp']:12.2e} | {r['mean_logp']:.2f}")
 
 
