@@ -177,7 +177,7 @@ def agreement(a):
     state = base.state_dict()
     rows = []
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script only
-    for head, lstate in [(h, st) for h in a.heads.split(",") for st in a.states.split(",")]:
+    for head, lstate in [(h, st) for h in a.head_dtypes.split(",") for st in a.states.split(",")]:
         model = MiniMaxForCausalLM(cfg)
         model.load_state_dict(state)
         model = model.to(dev).bfloat16().eval()
@@ -240,7 +240,7 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--logit-std", type=float, default=4.0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--heads", default="bf16,fp32", help="agreement: LM-head precisions to compare")
+    ap.add_argument("--head-dtypes", default="bf16,fp32", help="agreement: LM-head precisions to compare")
     ap.add_argument("--states", default="model,fp32", help="agreement: decode lightning-state dtypes")
     a = ap.parse_args()
     a.out = a.out or f"bench/results/{'learner' if a.mode == 'throughput' else 'agreement'}.json"
