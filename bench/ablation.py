@@ -159,7 +159,8 @@ def plot(doc: dict, png: Path) -> None:
         if med is not None:
             bx.hlines(med, i - 0.3, i + 0.3, color=colors[a], lw=2)
     bx.axhline(budget, color="gray", ls=":", lw=0.8)
-    bx.text(len(algos) - 0.5, budget + 5, "not reached", ha="right", va="center", fontsize=8, color="gray")
+    bx.text(-0.45, budget + 5, "not reached", ha="left", va="center", fontsize=8, color="gray")
+    bx.set_ylim(0, budget + 12)
     bx.set_xticks(range(len(algos)), algos)
     bx.set_ylabel("steps to threshold (bar: median)")
     bx.set_title("steps to reach the threshold, per seed")

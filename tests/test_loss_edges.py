@@ -125,3 +125,28 @@ def test_cispo_sample_level_gradient_property(rows, log_ratio, eps_high):
                               rtol=1e-10, atol=1e-300)
         assert lp.grad[i].sum().item() == pytest.approx(-w * a / len(rows), rel=1e-9, abs=1e-300)
         assert torch.all(lp.grad[i, n:] == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-6, 0), st.floats(-3, 3), st.floats(-3, 3), st.booleans()),
+                min_size=1, max_size=10),
+       st.sampled_from(["ppo_clip", "dapo", "grpo"]))
+def test_ppo_family_gradient_property(rows, name):
+    """Property: each unmasked token's gradient is -r·Â/n when the unclipped term is the smaller
+    one (and, for ppo_clip with Â<0, the dual clip does not bind), else 0; n = the batch's
+    unmasked tokens (token level) or N·|o_i| (grpo, one token per response here)."""
+    lp = torch.tensor([[x[0]] for x in rows], dtype=torch.float64, requires_grad=True)
+    old = lp.detach() - torch.tensor([[x[1]] for x in rows], dtype=torch.float64)
+    adv = torch.tensor([x[2] for x in rows], dtype=torch.float64)
+    mask = torch.tensor([[float(x[3])] for x in rows], dtype=torch.float64)
+    loss, _ = call(name, lp, old, adv, mask)
+    loss.backward()
+    lo, hi = 0.2, (0.28 if name == "dapo" else 0.2)
+    n = max(mask.sum().item(), 1.0)
+    for i, (_, lr, a, m) in enumerate(rows):
+        r = math.exp(lr)
+        keep = m and r * a <= min(max(r, 1 - lo), 1 + hi) * a
+        if name == "ppo_clip" and a < 0 and -r * a > -3.0 * a:
+            keep = False  # dual clip: the loss is the constant -3·Â
+        expected = -r * a / n if keep else 0.0
+        assert lp.grad[i, 0].item() == pytest.approx(expected, rel=1e-9, abs=1e-300), i
