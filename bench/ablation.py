@@ -87,7 +87,13 @@ def run_record(rows: list[dict], threshold: float, window: int, wall_s: float | 
     rewards = [float(r.get("reward/mean", float("nan"))) for r in rows]
     step_s = [r["time/step_s"] for r in rows if "time/step_s" in r]
     clip = [r["is_weight/clip_frac"] for r in rows if "is_weight/clip_frac" in r]
-    return {"steps": len(rows), "rewards": rewards,
+    # per off-policy round: the mean over steps of the share of tokens outside the clip range
+    # and of the largest IS weight (how far the minibatch rounds drift, and how often it binds)
+    rounds = sorted({int(k.split("/")[1][6:]) for r in rows for k in r if k.startswith("is/round_")})
+    per_round = {f"round_{k}": {stat: statistics.mean(r[f"is/round_{k}/{stat}"] for r in rows
+                                                      if math.isfinite(r.get(f"is/round_{k}/{stat}", math.nan)))
+                                for stat in ("clip_frac", "max")} for k in rounds}
+    return {"steps": len(rows), "rewards": rewards, "per_round": per_round,
             "steps_to_threshold": steps_to_threshold(rewards, threshold, window),
             "final_reward": statistics.mean(rewards[-window:]) if rewards else None,
             "wall_s": wall_s, "median_step_s": statistics.median(step_s) if step_s else None,
@@ -217,6 +223,8 @@ def main() -> None:
 
     def save() -> None:
         for r in doc["runs"].values():  # threshold/window may have changed: recompute
+            if "per_round" not in r and read_run(Path(r["run_dir"])):  # JSON of an older version
+                r["per_round"] = run_record(read_run(Path(r["run_dir"])), 0, 1, None)["per_round"]
             r["steps_to_threshold"] = steps_to_threshold(r["rewards"], args.threshold, args.window)
         doc["summary"] = summarise(doc["runs"], args.algos, steps)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,14 @@ def test_every_algorithm_sets_its_own_clip_range_and_normalisation():
         assert keys == {"algorithm.loss", "algorithm.eps_low", "algorithm.eps_high",
                         "algorithm.normalization"}, name
         assert f"algorithm.loss={name}" in overrides
+
+
+def test_run_record_averages_each_off_policy_round():
+    rows = [{"reward/mean": 0.1 * i, "time/step_s": 1.0, "is_weight/clip_frac": 0.0,
+             "is/round_0/clip_frac": 0.0, "is/round_0/max": 1.0,
+             "is/round_1/clip_frac": 0.1 * i, "is/round_1/max": 1.0 + i} for i in range(4)]
+    rows[3]["is/round_1/max"] = math.nan  # a step without tokens is left out
+    rec = ablation.run_record(rows, 0.15, 2, None)
+    assert rec["steps_to_threshold"] == 2 and rec["final_reward"] == 0.25
+    assert rec["per_round"]["round_1"] == {"clip_frac": 0.15000000000000002, "max": 2.0}
+    assert rec["per_round"]["round_0"]["clip_frac"] == 0.0
