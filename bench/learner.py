@@ -1,15 +1,19 @@
 """Benchmark: the learner's step on GPU, and train/rollout log-prob agreement with BF16 vs FP32 head.
 
     torchrun --nproc_per_node 1 bench/learner.py throughput [--layers 8 --hidden 2048 --experts 16
-        --tokens 16384 --steps 5 --autoep 1] [--out bench/results/learner.json]
+        --tokens 16384 --steps 5 --autoep 1 --seq-min 2048 --seq-max 8192 --head-precision ieee]
+        [--out bench/results/learner.json]
     python bench/learner.py agreement [--out bench/results/agreement.json]
 
 throughput: a hybrid MiniMax MoE (7 lightning : 1 softmax layers, top-2 experts, V = 200,064) under
 DeepSpeed ZeRO-3 (+ AutoEP when --autoep > 0 and it initialises), bf16, gradient checkpointing,
-lightning through fla, FP32 head with chunked log-probs, a CISPO-shaped loss (clipped IS weight ×
-advantage × log π) on random tokens. Reports tokens/s/GPU, MFU (6 × active matmul parameters per
-token + the causal softmax-attention and lightning FLOPs, over 989 TFLOP/s dense bf16 for an H100
-SXM or H200) and peak memory.
+lightning through fla, FP32 head with chunked log-probs (IEEE or 3xTF32 products), a CISPO-shaped
+loss (clipped IS weight × advantage × log π) on random tokens. Each step is one packed micro-batch
+of `--tokens` tokens: sequences of random lengths in [seq-min, seq-max] back to back
+(`cispo.packing`, position_ids restarting per sequence, cu_seqlens for fla), scored through the
+engine's forward as the learner does (`enable_token_scoring`). Reports tokens/s/GPU, MFU (6 ×
+active matmul parameters per token + the causal softmax-attention and lightning FLOPs, over
+989 TFLOP/s dense bf16 for an H100 SXM or H200) and peak memory.
 
 agreement: a small hybrid model samples responses with transformers' generate (the rollout side:
 prefill through fla, then transformers' one-token recurrence with its bf16 KV state), then the
@@ -29,9 +33,10 @@ from pathlib import Path
 
 import torch
 
-from cispo.models.fp32_head import apply_fp32_head
+from cispo.models.fp32_head import apply_fp32_head, enable_token_scoring
 from cispo.models.lightning import patch_lightning_attention
 from cispo.ops.logprobs import token_logprobs
+from cispo.packing import pack
 
 PEAK_BF16 = 989e12  # dense bf16 tensor-core FLOP/s, H100 SXM / H200 datasheet
 
@@ -52,7 +57,8 @@ def hybrid_config(layers, hidden, heads, experts, ffn, vocab=200064):
 
 def flops_per_token(cfg, tokens):
     """6 × active matmul params + attention (softmax: causal QKᵀ and PV; lightning: chunked
-    intra-block product and state updates, ≈ 4·T_chunk + 4·D per head-dim per token)."""
+    intra-block product and state updates, ≈ 4·T_chunk + 4·D per head-dim per token). `tokens`:
+    the mean causal context length scale, Σ L_i² / Σ L_i over the packed sequences."""
     h, d, hd = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads
     kv = cfg.num_key_value_heads
     lin = sum(t == "linear_attention" for t in cfg.layer_types)
@@ -76,11 +82,19 @@ def throughput(a):
 
     cfg = hybrid_config(a.layers, a.hidden, a.heads, a.experts, a.ffn)
     torch.manual_seed(0)
-    model = MiniMaxForCausalLM(cfg)
+
+    def build():
+        with torch.device("cuda"):  # random init on the GPU: minutes faster than on CPU
+            m = MiniMaxForCausalLM(cfg)
+        apply_fp32_head(m)
+        m.lm_head.precision = a.head_precision
+        patch_lightning_attention(m)
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.config.use_cache = False
+        return enable_token_scoring(m)
+
+    model = build()
     n_params = sum(p.numel() for p in model.parameters())
-    apply_fp32_head(model)
-    patch_lightning_attention(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
           "bf16": {"enabled": True}, "gradient_clipping": 1.0,
           "zero_optimization": {"stage": 3, "overlap_comm": True},
@@ -99,41 +113,50 @@ def throughput(a):
             raise
         autoep_note = f"AutoEP failed ({type(e).__name__}: {str(e)[:200]}); ran without"
         ds.pop("expert_parallel")
-        model = MiniMaxForCausalLM(cfg)
-        apply_fp32_head(model)
-        patch_lightning_attention(model)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = build()
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-    g = torch.Generator(device="cuda").manual_seed(rank)
-    ids = torch.randint(0, cfg.vocab_size, (1, a.tokens), device="cuda", generator=g)
-    adv = torch.randn(a.tokens - 1, device="cuda", generator=g)
-    old_lp = torch.full((a.tokens - 1,), -12.0, device="cuda")
+    ep_layers = sum(type(m).__name__ == "AutoEPMoELayer" for m in engine.module.modules())
+    g = torch.Generator().manual_seed(rank)
+    lengths = []
+    while sum(lengths) < a.tokens:
+        n = int(torch.randint(a.seq_min, a.seq_max + 1, (1,), generator=g))
+        lengths.append(min(n, a.tokens - sum(lengths)))
+    seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    p = pack(seqs)
+    kwargs = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in p.model_kwargs().items()}
+    targets, valid = p.targets.cuda(), p.valid.cuda().float()
+    adv = torch.randn(1, a.tokens, generator=g).cuda()
+    old_lp = torch.full((1, a.tokens), -12.0, device="cuda")
     times = []
     torch.cuda.reset_peak_memory_stats()
     for step in range(a.steps + 2):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        hidden = engine.module.model(input_ids=ids).last_hidden_state
-        lp, ent = engine.module.lm_head(hidden[0, :-1], tokens=ids[0, 1:], with_entropy=True)
+        lp, _ = engine(**kwargs, targets=targets)
         w = torch.exp(lp.detach() - old_lp).clamp(max=1.28)  # CISPO: sg(clip(r)) · Â · log π
-        loss = -(w * adv * lp).mean()
+        loss = -(w * adv * lp * valid).sum() / valid.sum()
         engine.backward(loss)
         engine.step()
         torch.cuda.synchronize()
         if step >= 2:
             times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    f = flops_per_token(cfg, a.tokens)
+    context = sum(n * n for n in lengths) / sum(lengths)
+    f = flops_per_token(cfg, context)
+    head_share = 6 * cfg.vocab_size * cfg.hidden_size / f
     res = {"device": torch.cuda.get_device_name(), "params_total": n_params, "layers": a.layers,
            "hidden": a.hidden, "experts": a.experts, "expert_ffn": a.ffn, "tokens_per_gpu": a.tokens,
-           "autoep": autoep_note, "step_s": s, "tokens_per_s_per_gpu": a.tokens / s,
-           "flops_per_token": f, "mfu": a.tokens / s * f / PEAK_BF16,
+           "sequence_lengths": lengths, "head_precision": a.head_precision,
+           "autoep": autoep_note, "autoep_layers": ep_layers, "step_s": s,
+           "tokens_per_s_per_gpu": a.tokens / s, "flops_per_token": f, "head_flop_share": head_share,
+           "mfu": a.tokens / s * f / PEAK_BF16,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "step_times": times}
     if rank == 0:
         print(json.dumps(res, indent=1))
-        print(f"\n{res['device']}: {n_params / 1e9:.2f}B hybrid MoE, ZeRO-3, AutoEP {autoep_note}, "
-              f"{a.tokens} tokens/GPU: {s:.3f} s/step, {res['tokens_per_s_per_gpu']:.0f} tokens/s/GPU, "
-              f"MFU {res['mfu']:.3f}, peak {res['peak_gib']:.1f} GiB")
+        print(f"\n{res['device']}: {n_params / 1e9:.2f}B hybrid MoE, ZeRO-3, AutoEP {autoep_note} "
+              f"({ep_layers} layers replaced), head {a.head_precision}, {a.tokens} tokens/GPU in "
+              f"{len(lengths)} packed sequences: {s:.3f} s/step, {res['tokens_per_s_per_gpu']:.0f} "
+              f"tokens/s/GPU, MFU {res['mfu']:.3f}, peak {res['peak_gib']:.1f} GiB")
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1))
 
@@ -154,7 +177,7 @@ def agreement(a):
     state = base.state_dict()
     rows = []
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script only
-    for head in ("bf16", "fp32"):
+    for head, lstate in [(h, st) for h in a.head_dtypes.split(",") for st in a.states.split(",")]:
         model = MiniMaxForCausalLM(cfg)
         model.load_state_dict(state)
         model = model.to(dev).bfloat16().eval()
@@ -162,7 +185,8 @@ def agreement(a):
         if head == "fp32":
             apply_fp32_head(model)
             model.lm_head.weight.data.copy_(state["lm_head.weight"])
-        patch_lightning_attention(model)
+        # the rollout's lightning KV state across decode steps: bf16 (transformers) or FP32 (M1)
+        patch_lightning_attention(model, fp32_state=lstate == "fp32")
         g = torch.Generator(device=dev).manual_seed(1)
         prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.prompt), device=dev, generator=g)
         torch.manual_seed(2)
@@ -178,7 +202,7 @@ def agreement(a):
                 train, _ = model.lm_head(hidden, tokens=resp)
             else:
                 train = token_logprobs(model.lm_head(hidden), resp)
-        rows.append({"head": head, "tokens": resp.numel(),
+        rows.append({"head": head, "decode_state": lstate, "tokens": resp.numel(),
                      "pearson_prob": pearson(train.exp().flatten(), roll.exp().flatten()),
                      "pearson_logprob": pearson(train.flatten(), roll.flatten()),
                      "mean_abs_dlogp": (train - roll).abs().mean().item(),
@@ -190,10 +214,10 @@ def agreement(a):
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']}: {a.layers}-layer hybrid, hidden {a.hidden}, V {cfg.vocab_size}, "
           f"{a.batch}×{a.new} sampled tokens; rollout = generate (prefill fla, then transformers' "
-          "one-token recurrence), train = full pass without cache (fla)")
-    print(f"{'head':>5} | {'pearson p':>9} | {'pearson logp':>12} | {'mean |Δlogp|':>12} | mean logp")
+          "one-token recurrence, lightning state in the model dtype or FP32), train = full pass without cache (fla)")
+    print(f"{'head':>5} | {'state':>5} | {'pearson p':>9} | {'pearson logp':>12} | {'mean |Δlogp|':>12} | mean logp")
     for r in rows:
-        print(f"{r['head']:>5} | {r['pearson_prob']:9.5f} | {r['pearson_logprob']:12.5f} | "
+        print(f"{r['head']:>5} | {r['decode_state']:>5} | {r['pearson_prob']:9.5f} | {r['pearson_logprob']:12.5f} | "
               f"{r['mean_abs_dlogp']:12.2e} | {r['mean_logp']:.2f}")
 
 
@@ -208,11 +232,16 @@ def main():
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--autoep", type=int, default=1)
+    ap.add_argument("--seq-min", type=int, default=2048)
+    ap.add_argument("--seq-max", type=int, default=8192)
+    ap.add_argument("--head-precision", choices=["ieee", "3xtf32"], default="ieee")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--logit-std", type=float, default=4.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--head-dtypes", default="bf16,fp32", help="agreement: LM-head precisions to compare")
+    ap.add_argument("--states", default="model,fp32", help="agreement: decode lightning-state dtypes")
     a = ap.parse_args()
     a.out = a.out or f"bench/results/{'learner' if a.mode == 'throughput' else 'agreement'}.json"
     (throughput if a.mode == "throughput" else agreement)(a)

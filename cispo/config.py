@@ -91,6 +91,23 @@ class RolloutConfig:
     num_cpus_per_worker: float = 1.0  # Ray resources per worker
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 1  # intra-op threads per worker on CPU
+    # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
+    sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
+    # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
+    # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
+    # keyword, hence the name.
+    async_generation: bool = False
+    # prompts decoded together per engine call (0 = all of a worker's prompts at once)
+    max_prompts_per_batch: int = 0
+    # MoE routing replay: the engine records each token's experts, the learner's forward uses
+    # them instead of routing again (MiniMax MoE models; HF engine)
+    routing_replay: bool = False
+    # Ray placement group per engine (parallel.rollout_tensor_parallel x rollout_pipeline_parallel
+    # bundles of the per-worker CPUs/GPUs, packed on one node): auto = with GPUs only, on, off
+    placement_groups: str = "auto"
+    # extra vllm.LLM / engine settings for rollout.engine=vllm, e.g.
+    # {gpu_memory_utilization: 0.85, colocated: true}
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,7 +190,10 @@ class LearnerConfig:
     num_workers: int = 1  # DeepSpeed ranks (Ray actors)
     zero_stage: int = 3
     backend: str = "auto"  # auto: nccl with GPUs, gloo on CPU
-    micro_batch_size: int = 64  # sequences per forward/backward
+    micro_batch_size: int = 64  # sequences per forward/backward (rows, when not packing)
+    # >0: pack sequences back to back into micro-batches of at most this many tokens (no
+    # padding; attention restarts at each sequence); 0: micro_batch_size padded rows
+    micro_batch_tokens: int = 0
     lr: float = 1e-6  # M1 report does not publish its LR; 1e-6 is common for 7B-30B RL
     beta1: float = 0.9  # M1: AdamW betas (0.9, 0.95)
     beta2: float = 0.95
@@ -181,6 +201,19 @@ class LearnerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # DeepSpeed AutoEP: MoE experts split over this many ranks (must divide num_workers and the
+    # expert count); 0 = off (ZeRO shards the experts like any other weight)
+    expert_parallel_size: int = 0
+    autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
+    autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
+    # the FP32 head's products in the learner's log-prob pass: ieee (M1: TF32 off) or 3xtf32
+    # (three TF32 tensor-core products per FP32 product: ~2^-21 relative error, ~3x faster)
+    head_precision: str = "ieee"
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
+    offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
+    # K/V all-gather for softmax layers); must divide num_workers; 1 = off
+    sequence_parallel_size: int = 1
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2

@@ -68,3 +68,20 @@ def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> None:
             return  # some other problem: let Hydra report it in its own words
         print(explain(key.lstrip("+~")), file=sys.stderr)
         sys.exit(2)
+
+
+def value_problems(cfg) -> list[str]:
+    """Settings that are each valid but cannot work together; checked before any worker starts,
+    so the user reads one line instead of a traceback from inside a Ray actor after generation."""
+    problems = []
+    L = cfg.learner
+    longest = cfg.data.max_prompt_tokens + max([cfg.rollout.max_new_tokens, *cfg.schedule.windows])
+    if L.micro_batch_tokens and L.micro_batch_tokens < longest:
+        problems.append(f"learner.micro_batch_tokens={L.micro_batch_tokens} is smaller than the longest "
+                        f"sequence the run can produce ({longest} = data.max_prompt_tokens + the largest "
+                        f"output window): raise it to at least {longest}")
+    if L.sequence_parallel_size > 1 and not L.micro_batch_tokens:
+        problems.append("learner.sequence_parallel_size > 1 splits packed rows: set learner.micro_batch_tokens")
+    if cfg.rollout.routing_replay and L.micro_batch_tokens:
+        problems.append("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+    return problems

@@ -6,7 +6,14 @@ Per step the driver calls, on every rank at once (ZeRO-3 collectives need all ra
   `train_minibatch(shard)`   n_micro forward/backward passes, one optimizer step
   `state_dict()`             full weights on rank 0 (ZeRO-3 gathers them) for the engines
 Every rank runs the same number of micro-batches (short shards are padded with fully-masked
-rows), because each ZeRO-3 forward all-gathers parameters across ranks.
+micro-batches), because each ZeRO-3 forward all-gathers parameters across ranks.
+
+Micro-batches are either `micro_batch_size` right-padded rows (`micro_batch_tokens: 0`) or, with
+`micro_batch_tokens > 0`, sequences packed back to back into one row of at most that many tokens
+(`cispo.packing`); the ranks agree on the largest micro-batch count with one all-reduce.
+Log-probs come from `model(..., targets=...)` (`cispo.models.fp32_head.enable_token_scoring`):
+the chunked FP32 head, never [T, V] logits. AutoEP (`expert_parallel_size`) swaps the MoE blocks
+for DeepSpeed's expert-parallel layers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import ray
 import torch
 
 from cispo.models.process import actor_env, setup_actor
+from cispo.packing import pack, plan_micro_batches
 
 
 @dataclass
@@ -31,6 +39,7 @@ class TrainItem:
     response_ids: list[int]
     rollout_logprobs: list[float]
     advantage: float
+    routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
 
 
 def _free_port() -> int:
@@ -60,8 +69,50 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
         if old_logprobs is not None:
             old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
         adv[i] = it.advantage
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
-            "old_logprobs": old, "advantages": adv}
+    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
+           "old_logprobs": old, "advantages": adv}
+    if any(it.routing is not None for it in items):
+        from cispo.models.routing_replay import pad_routing
+
+        shape = next(it.routing for it in items if it.routing is not None).shape
+        out["routing"] = pad_routing([it.routing for it in items], width, shape[2], shape[1])
+    return out
+
+
+def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
+    """The DeepSpeed config of the learner's keys (docs/configuration.md, `learner:`)."""
+    stage = cfg["zero_stage"]
+    zero: dict[str, Any] = {"stage": stage}
+    if cfg.get("offload_optimizer"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if cfg.get("offload_params"):
+        if stage != 3:
+            raise ValueError("learner.offload_params needs learner.zero_stage=3 (only stage 3 "
+                             "partitions parameters)")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "gradient_accumulation_steps": n_micro,
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": zero,
+        # torch's AdamW: no JIT-built fused/CPU Adam needed (also when the optimizer is offloaded)
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
+            "weight_decay": cfg["weight_decay"], "torch_adam": True}},
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
+        "steps_per_print": 10**9,
+    }
+    ep = cfg.get("expert_parallel_size", 0)
+    if ep:
+        if world_size % ep:
+            raise ValueError(f"learner.expert_parallel_size={ep} must divide learner.num_workers={world_size}")
+        # AutoEP replaces each module matching the pattern (transformers' MiniMaxSparseMoeBlock)
+        # with an expert-parallel layer: router replicated, experts split over `ep` ranks. Its
+        # `mixtral` preset routes as MiniMax does (see docs/configuration.md).
+        ds["expert_parallel"] = {"enabled": True, "autoep_size": ep, "preset_model": cfg["autoep_preset"],
+                                 "moe_layer_pattern": cfg["autoep_layer_pattern"]}
+    return ds
 
 
 @ray.remote
@@ -83,66 +134,133 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend)
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
+        from cispo.models.fp32_head import enable_token_scoring
+
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
         self.pad_id = load_tokenizer(model_path).pad_token_id
         if cfg["gradient_checkpointing"]:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-            "gradient_accumulation_steps": n_micro,
-            "gradient_clipping": cfg["grad_clip"],
-            "zero_optimization": {"stage": cfg["zero_stage"]},
-            "optimizer": {"type": "AdamW", "params": {
-                "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
-                "weight_decay": cfg["weight_decay"], "torch_adam": True}},
-            "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
-            "steps_per_print": 10**9,
-        }
+        enable_token_scoring(model)
+        # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
+        self.sp_size = cfg.get("sequence_parallel_size", 1)
+        self.sp = None
+        if self.sp_size > 1:
+            from cispo import seqpar
+
+            if not cfg.get("micro_batch_tokens", 0):
+                raise ValueError("learner.sequence_parallel_size > 1 splits packed rows: set "
+                                 "learner.micro_batch_tokens > 0")
+            self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
+        head = model.get_output_embeddings()
+        if cfg.get("head_precision", "ieee") != "ieee":
+            if not hasattr(head, "precision"):
+                raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
+            head.precision = cfg["head_precision"]
+        self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
+        self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=ds_config)
+                                               config=deepspeed_config(cfg, n_micro, world_size))
 
     def ready(self) -> int:
         return self.rank
 
+    def expert_layout(self) -> dict[str, int]:
+        """How the MoE blocks are held: AutoEP layers and the experts this rank computes."""
+        layers = [m for m in self.engine.module.modules() if type(m).__name__ == "AutoEPMoELayer"]
+        return {"autoep_layers": len(layers),
+                "local_experts": layers[0].num_local_experts if layers else 0}
+
+    def _dummy(self, with_old: bool) -> dict[str, torch.Tensor]:
+        """A fully masked micro-batch: keeps this rank's collectives in step with the others."""
+        dummy = TrainItem([self.pad_id, self.pad_id], [self.pad_id], [0.0], 0.0)
+        batch = collate([dummy], self.pad_id, [[0.0]] if with_old else None)
+        batch["mask"].zero_()
+        return batch
+
     def _micro_batches(self, items: list[TrainItem], old: list[list[float]] | None):
-        per = -(-len(items) // self.n_micro) if items else 1
-        for k in range(self.n_micro):
-            chunk = items[k * per:(k + 1) * per]
-            chunk_old = old[k * per:(k + 1) * per] if old is not None else None
-            if not chunk:  # keep collectives in step with the other ranks: a fully masked row
-                dummy = TrainItem([self.pad_id, self.pad_id], [self.pad_id], [0.0], 0.0)
-                batch = collate([dummy], self.pad_id, [[0.0]] if old is not None else None)
-                batch["mask"].zero_()
-                yield batch
-            else:
-                yield collate(chunk, self.pad_id, chunk_old)
+        """(micro-batch, indices of its items) pairs, the same count on every rank."""
+        if self.micro_batch_tokens > 0:
+            groups = plan_micro_batches([len(it.prompt_ids) + len(it.response_ids) for it in items],
+                                        self.micro_batch_tokens)
+            n = self._max_over_ranks(len(groups))
+        else:
+            per = -(-len(items) // self.n_micro) if items else 1
+            groups = [list(range(k * per, min((k + 1) * per, len(items)))) for k in range(self.n_micro)]
+            groups = [g for g in groups if g]
+            n = self.n_micro
+        for k in range(n):
+            if k >= len(groups):
+                dummy = self._dummy(old is not None)
+                if self.sp is not None:  # the sequence-parallel layers take packed rows only
+                    dummy["packed"] = pack([[self.pad_id] * 3], pad_id=self.pad_id)
+                yield dummy, []
+                continue
+            idx = groups[k]
+            batch = collate([items[i] for i in idx], self.pad_id,
+                            [old[i] for i in idx] if old is not None else None)
+            if self.micro_batch_tokens > 0:
+                batch["packed"] = pack([items[i].prompt_ids + items[i].response_ids for i in idx],
+                                       pad_id=self.pad_id)
+            yield batch, idx
+
+    def _max_over_ranks(self, n: int) -> int:
+        import deepspeed.comm as dist
+
+        t = torch.tensor([n], dtype=torch.long, device=self.engine.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def _token_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
-        """(log π of each next token [B, L-1], the entropy at the response positions [n] or
-        None), from FP32 logits.
+        """(log π of each next token [B, L-1] in `collate`'s layout, the entropy at the response
+        positions [n] or None), through the engine's forward (see `enable_token_scoring` for
+        why it must be the engine's) and the chunked FP32 head: no [T, V] logits."""
+        dev = self.engine.device
+        packed = batch.get("packed")
+        if packed is not None and batch.get("routing") is not None:
+            raise ValueError("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+        if packed is not None and self.sp is not None:  # this rank's chunk of the row
+            from cispo import seqpar
 
-        Through the engine's own forward: calling the base model and the chunked FP32 head
-        (cispo.models.fp32_head) directly gave 2 ZeRO-3 ranks different embedding gradients
-        from 1 rank, so the chunked path waits until that is understood."""
-        from cispo.ops.logprobs import token_entropy, token_logprobs
+            local = seqpar.split_packed({"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+                                         "targets": packed.targets}, self.sp.rank, self.sp.size, self.pad_id)
+            kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in seqpar.model_inputs(local).items()}
+            lp, ent = self.engine(**kwargs, targets=local["targets"].to(dev), temperature=self.temperature,
+                                  with_entropy=with_entropy)
+            # the whole row's log-probs on every rank of the group (T floats); the gather's
+            # backward sends each rank's share of the gradient back to the rank that computed it
+            T = packed.num_tokens
+            lp = packed.unpack(seqpar.gather_seq(lp[0], self.sp.group)[:T][None])
+            ent = packed.unpack(seqpar.gather_seq_nograd(ent, self.sp.group)[:, :T]) if ent is not None else None
+        elif packed is not None:  # one row, boundaries from position_ids / cu_seqlens
+            kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in packed.model_kwargs().items()}
+            lp, ent = self.engine(**kwargs, targets=packed.targets.to(dev), temperature=self.temperature,
+                                  with_entropy=with_entropy)
+            lp = packed.unpack(lp)
+            ent = packed.unpack(ent) if ent is not None else None
+        else:
+            from cispo.models.routing_replay import replay
 
-        ids = batch["input_ids"].to(self.engine.device)
-        logits = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(ids.device)).logits
-        lp = token_logprobs(logits[:, :-1], ids[:, 1:], self.temperature)
-        if not with_entropy:
+            ids = batch["input_ids"].to(dev)
+            # the last position has no next token: score a pad there and drop it
+            targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+            with replay(self.engine.module, batch.get("routing")):  # the rollout's experts, if recorded
+                lp, ent = self.engine(input_ids=ids, attention_mask=batch["attention_mask"].to(dev),
+                                      targets=targets, temperature=self.temperature, with_entropy=with_entropy)
+            lp, ent = lp[:, :-1], (ent[:, :-1] if ent is not None else None)
+        if ent is None:
             return lp, None
         # a metric: only the positions it is reported for, not the prompt or the padding
-        return lp, token_entropy(logits[:, :-1][batch["mask"].to(ids.device) > 0], self.temperature)
+        return lp, ent[batch["mask"].to(dev) > 0]
 
     @torch.no_grad()
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
         """π_old of each response token, and sums for the train/rollout agreement metrics."""
         self.engine.eval()
-        out: list[list[float]] = []
         s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
-        for batch in self._micro_batches(items, None):
+        out: list[list[float] | None] = [None] * len(items)
+        for batch, idx in self._micro_batches(items, None):
             lp, ent = self._token_logprobs(batch, with_entropy=True)
             lp = lp.cpu()
             m = batch["mask"] > 0
@@ -156,10 +274,9 @@ class LearnerWorker:
             s["yy"] += float((y * y).sum())
             s["xy"] += float((x * y).sum())
             s["absdiff"] += float((x - y).abs().sum())
-            for i in range(lp.shape[0]):
-                if m[i].any():
-                    out.append(lp[i][m[i]].tolist())
-        return out[:len(items)], s
+            for row, i in enumerate(idx):
+                out[i] = lp[row][m[row]].tolist()
+        return out, s
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
                         loss_kwargs: dict, global_tokens: float, global_samples: float) -> dict[str, float]:
@@ -173,14 +290,19 @@ class LearnerWorker:
         per_rank_samples = global_samples / self.world_size
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0,
                 "ratio_min": float("inf")}
-        for batch in self._micro_batches(items, old):
+        batches = list(self._micro_batches(items, old))
+        for k, (batch, _) in enumerate(batches):
+            # the boundary is the last micro-batch, whatever their number this step
+            self.engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
             lp, _ = self._token_logprobs(batch)
             dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
                                   sample_count=per_rank_samples, **loss_kwargs)
-            # scale_wrt_gas=False: the loss is already normalised by the token count.
-            self.engine.backward(loss, scale_wrt_gas=False)
+            # scale_wrt_gas=False: the loss is already normalised by the token count. Every rank of
+            # a sequence-parallel group holds the whole row's loss: / sp_size so the group adds
+            # up to it once (the log-prob gather's backward sums the group's gradients).
+            self.engine.backward(loss / self.sp_size, scale_wrt_gas=False)
             self.engine.step()
             sums["loss"] += float(loss.detach()) / self.world_size
             sums["tokens"] += m["tokens"]
@@ -201,14 +323,83 @@ class LearnerWorker:
         return self.engine.gradient_clipping()
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights (CPU) on rank 0, None elsewhere; call on all ranks together."""
-        if self.zero_stage == 3:
+        """Full weights (CPU, the model's own parameter names) on rank 0, None elsewhere; call on
+        all ranks together."""
+        if self.zero_stage == 3 and self.expert_parallel_size:
+            sd = self._gather_autoep_state_dict()
+        elif self.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             sd = self.engine.module.state_dict()
         if self.rank != 0:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def _gather_autoep_state_dict(self) -> dict[str, torch.Tensor]:
+        """ZeRO-3 + AutoEP: DeepSpeed refuses its consolidated export (expert tensors are
+        partitioned over expert groups), so gather each parameter here and map AutoEP's layers
+        back to transformers' layout: router.gate.weight → gate.weight, and per layer the
+        experts of all EP ranks (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I])
+        → experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
+        experts.down_proj [E, H, I]."""
+        import deepspeed.comm as dist
+        from deepspeed.runtime.zero import GatheredParameters
+
+        module = self.engine.module
+        ep_layers = {name: m for name, m in module.named_modules() if type(m).__name__ == "AutoEPMoELayer"}
+        full: dict[str, torch.Tensor] = {}
+        for name, p in module.named_parameters():
+            with GatheredParameters([p], modifier_rank=None):
+                t = p.data.detach().to("cpu", copy=True)
+            owner, _, leaf = name.rpartition(".")
+            layer_name = owner.removesuffix(".experts")
+            if owner.endswith(".experts") and layer_name in ep_layers:
+                group = ep_layers[layer_name].ep_group  # this rank's experts → all of them
+                local = t.to(self.engine.device)
+                parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group=group))]
+                dist.all_gather(parts, local, group=group)
+                t = torch.cat([x.to("cpu") for x in parts], dim=0)
+            full[name] = t
+        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
+            for bname, b in owner.named_buffers(recurse=False):
+                name = f"{owner_name}.{bname}" if owner_name else bname
+                if bname in owner._non_persistent_buffers_set or owner_name in ep_layers:
+                    continue
+                full[name] = b.detach().to("cpu", copy=True)
+        for prefix in ep_layers:
+            full[f"{prefix}.gate.weight"] = full.pop(f"{prefix}.router.gate.weight")
+            w1, w2, w3 = (full.pop(f"{prefix}.experts.{w}") for w in ("w1", "w2", "w3"))
+            full[f"{prefix}.experts.gate_up_proj"] = torch.cat([w1, w3], dim=1)
+            full[f"{prefix}.experts.down_proj"] = w2
+        return full
+
+    def weight_buckets(self, bucket_mb: float) -> tuple[list, dict[str, float]] | None:
+        """The weights as object-store buckets, gathered one bucket at a time (cispo.weight_sync);
+        (refs, bytes/seconds stats) on rank 0, None elsewhere; call on all ranks together."""
+        import time
+
+        from cispo.weight_sync import sync_stats, to_object_store
+
+        if self.zero_stage == 3 and self.expert_parallel_size:
+            # AutoEP's layers hold experts in their own layout, split over expert groups: the
+            # engines need transformers' names, so rank 0 gathers the whole model once and
+            # buckets that (the per-bucket gather bound does not hold with AutoEP yet)
+            t0 = time.perf_counter()
+            sd = self._gather_autoep_state_dict()
+            if self.rank != 0:
+                return None
+            limit, refs, bucket, size, nbytes = int(bucket_mb * 2**20), [], {}, 0, 0
+            for name, t in sd.items():
+                if bucket and size + t.nbytes > limit:
+                    refs.append(ray.put(bucket))
+                    bucket, size = {}, 0
+                bucket[name], size, nbytes = t, size + t.nbytes, nbytes + t.nbytes
+            if bucket:
+                refs.append(ray.put(bucket))
+            return refs, sync_stats(nbytes, time.perf_counter() - t0, len(refs))
+        out = to_object_store(self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
+                              self.rank == 0, ray.put)
+        return out if self.rank == 0 else None
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
@@ -228,6 +419,10 @@ class LearnerGroup:
     def __init__(self, cfg: Any, model_cfg: Any, model_path: str, samples_per_minibatch: int,
                  temperature: float):
         self.W = cfg.num_workers
+        self.sp = cfg.get("sequence_parallel_size", 1)  # ranks r .. r+sp-1 share every item
+        if self.sp < 1 or self.W % self.sp:
+            raise ValueError(f"learner.sequence_parallel_size={self.sp} must divide "
+                             f"learner.num_workers={self.W}")
         per_rank = -(-samples_per_minibatch // self.W)
         self.n_micro = max(1, -(-per_rank // cfg.micro_batch_size))
         port = cfg.master_port or _free_port()
@@ -241,11 +436,18 @@ class LearnerGroup:
         ray.get([w.ready.remote() for w in self.workers])
 
     def _shards(self, items: list) -> list[list]:
-        per = -(-len(items) // self.W)
-        return [items[r * per:(r + 1) * per] for r in range(self.W)]
+        """Each data-parallel group's share, given to every rank of its sequence-parallel group."""
+        dp = self.W // self.sp
+        per = -(-len(items) // dp)
+        return [items[(r // self.sp) * per:(r // self.sp + 1) * per] for r in range(self.W)]
+
+    def _leaders(self, parts: list) -> list:
+        """One result per sequence-parallel group (its ranks return the same items)."""
+        return parts[::self.sp]
 
     def old_logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
-        parts = ray.get([w.logprobs.remote(s) for w, s in zip(self.workers, self._shards(items), strict=True)])
+        parts = self._leaders(ray.get([w.logprobs.remote(s) for w, s in
+                                       zip(self.workers, self._shards(items), strict=True)]))
         lps = [lp for p, _ in parts for lp in p]
         s = {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
         n = max(s["n"], 1.0)
@@ -263,8 +465,9 @@ class LearnerGroup:
                         loss_kwargs: dict) -> dict[str, float]:
         tokens = float(sum(len(it.response_ids) for it in items))
         shards, olds = self._shards(items), self._shards(old)
-        parts = ray.get([w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
-                         for w, s, o in zip(self.workers, shards, olds, strict=True)])
+        parts = self._leaders(ray.get([
+            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
+            for w, s, o in zip(self.workers, shards, olds, strict=True)]))
         t = max(sum(p["tokens"] for p in parts), 1.0)
         return {"loss/policy": sum(p["loss"] for p in parts),
                 "is_weight/mean": sum(p["ratio"] for p in parts) / t,
@@ -276,11 +479,18 @@ class LearnerGroup:
     def set_grad_clip(self, value: float) -> list[float]:
         return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
 
+    def expert_layout(self) -> list[dict[str, int]]:
+        return ray.get([w.expert_layout.remote() for w in self.workers])
+
     def state_dict_ref(self) -> ray.ObjectRef:
         """An object-store reference to the full weights (gathered on rank 0)."""
         refs = [w.state_dict.remote() for w in self.workers]
         ray.wait(refs, num_returns=len(refs))
         return refs[0]
+
+    def weight_buckets(self, bucket_mb: float) -> tuple[list[ray.ObjectRef], dict[str, float]]:
+        """(object-store refs of the weight buckets, sync stats) from rank 0."""
+        return ray.get([w.weight_buckets.remote(bucket_mb) for w in self.workers])[0]
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         ray.get([w.save.remote(ckpt_dir, tag, client_state) for w in self.workers])

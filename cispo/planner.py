@@ -32,11 +32,12 @@ ADVICE = {
     "grads": "more learner ranks (learner.num_workers) or learner.zero_stage>=2",
     "optimizer": "more learner ranks (learner.num_workers) or learner.zero_stage>=1",
     "gathered_layers": "raise parallel.expert_parallel or lower parallel.prefetch_layers",
-    "checkpoints": "raise parallel.sequence_parallel or lower parallel.tokens_per_micro_batch",
-    "layer_recompute": ("set learner.gradient_checkpointing=true, raise parallel.sequence_parallel "
+    "checkpoints": "raise learner.sequence_parallel_size or lower parallel.tokens_per_micro_batch",
+    "layer_recompute": ("set learner.gradient_checkpointing=true, raise learner.sequence_parallel_size "
                         "or lower parallel.tokens_per_micro_batch"),
+    "sp_buffers": "lower parallel.tokens_per_micro_batch (the gathered K/V hold the whole micro-batch)",
     "head_weight": "more learner ranks cannot help (the head is gathered whole): use a smaller vocab or model",
-    "head_hidden": "raise parallel.sequence_parallel or lower parallel.tokens_per_micro_batch",
+    "head_hidden": "raise learner.sequence_parallel_size or lower parallel.tokens_per_micro_batch",
     "head_chunk": "set parallel.head_chunk_tokens lower (e.g. 2048)",
     "weights": "raise parallel.rollout_tensor_parallel or parallel.rollout_pipeline_parallel",
     "kv_cache": "lower parallel.rollout_concurrency or the window (rollout.max_new_tokens / schedule.windows)",
@@ -89,6 +90,28 @@ def place(gpus: int, jobs: list[tuple[str, float]]) -> tuple[list[list[str]], li
     return used, problems
 
 
+def sequence_parallel_size(cfg: Any) -> int:
+    """The learner's sequence-parallel size: `learner.sequence_parallel_size` (what the learner
+    runs), or `parallel.sequence_parallel` for configs that only set the planner's older key."""
+    own, old = cfg.learner.get("sequence_parallel_size", 1), cfg.parallel.sequence_parallel
+    if own > 1 and old > 1 and own != old:
+        raise PlanError(f"learner.sequence_parallel_size={own} and parallel.sequence_parallel={old} "
+                        f"disagree: set learner.sequence_parallel_size only")
+    return own if own > 1 else old
+
+
+def smallest_fitting_sp(shape, counts, lay: LearnerLayout, reserve: float, budget: float) -> int | None:
+    """The smallest sequence-parallel size (a divisor of the ranks, at most the ranks) at which
+    one learner rank fits `budget` bytes, with everything else as configured; None if none does."""
+    for sp in range(1, lay.ranks + 1):
+        if lay.ranks % sp:
+            continue
+        trial = LearnerLayout(**{**lay.__dict__, "sequence_parallel": sp})
+        if sum(learner_terms(shape, counts, trial, reserve).values()) <= budget:
+            return sp
+    return None
+
+
 def _gib(terms: dict[str, float]) -> dict[str, float]:
     return {k: round(v / GIB, 3) for k, v in terms.items()}
 
@@ -104,15 +127,16 @@ def build_plan(cfg: Any) -> dict:
         raise PlanError(f"parallel.tokens_per_micro_batch={P.tokens_per_micro_batch} cannot hold "
                         f"one sequence of {seq} tokens (data.max_prompt_tokens + the largest "
                         f"window): raise it to at least {seq}")
-    if L.num_workers % P.sequence_parallel or L.num_workers % P.expert_parallel:
-        raise PlanError(f"learner.num_workers={L.num_workers} must be a multiple of "
-                        f"parallel.sequence_parallel={P.sequence_parallel} and "
+    sp = sequence_parallel_size(cfg)
+    if L.num_workers % sp or L.num_workers % P.expert_parallel:
+        raise PlanError(f"learner.num_workers={L.num_workers} must be a multiple of the "
+                        f"sequence-parallel size {sp} (learner.sequence_parallel_size) and "
                         f"parallel.expert_parallel={P.expert_parallel}")
     if shape.experts % P.expert_parallel and P.expert_parallel % shape.experts:
         raise PlanError(f"parallel.expert_parallel={P.expert_parallel} does not divide the "
                         f"model's {shape.experts} experts")
     lay = LearnerLayout(ranks=L.num_workers, zero_stage=L.zero_stage, dtype_bytes=b,
-                        expert_parallel=P.expert_parallel, sequence_parallel=P.sequence_parallel,
+                        expert_parallel=P.expert_parallel, sequence_parallel=sp,
                         tokens_per_micro_batch=P.tokens_per_micro_batch or L.micro_batch_size * seq,
                         head_chunk_tokens=P.head_chunk_tokens,
                         checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers)
@@ -139,6 +163,7 @@ def build_plan(cfg: Any) -> dict:
     l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
     per_gpu = [sum(l_bytes if o.startswith("learner") else e_bytes for o in occ) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
+    needed_sp = smallest_fitting_sp(shape, counts, lay, reserve, budget) if on_gpu else None
     if on_gpu:
         for role, terms, total in (("learner", l_terms, l_bytes), ("rollout", e_terms, e_bytes)):
             if total > budget:
@@ -174,9 +199,11 @@ def build_plan(cfg: Any) -> dict:
                   "counts": counts.as_dict()},
         "learner": {"ranks": L.num_workers, "gpus": sum(1 for o in occupants if any(x.startswith("learner") for x in o)),
                     "zero_stage": L.zero_stage, "expert_parallel": P.expert_parallel,
-                    "sequence_parallel": P.sequence_parallel,
-                    "data_parallel": L.num_workers // P.sequence_parallel,
-                    "tokens_per_rank": lay.tokens_per_micro_batch / P.sequence_parallel,
+                    "sequence_parallel": sp,
+                    # the smallest size at which a learner rank fits cluster.gpu_memory_gib
+                    "sequence_parallel_needed": needed_sp,
+                    "data_parallel": L.num_workers // sp,
+                    "tokens_per_rank": lay.tokens_per_micro_batch / sp,
                     "per_gpu_memory_gib": round(l_bytes / GIB, 3), "terms_gib": _gib(l_terms)},
         "rollout": {"engines": R.num_workers, "tensor_parallel": P.rollout_tensor_parallel,
                     "pipeline_parallel": P.rollout_pipeline_parallel,
@@ -218,6 +245,10 @@ def format_plan(plan: dict) -> str:
            f"{m['active_params'] / 1e9:.2f}B active per token (excl. embedding and head)",
            f"learner: {lr['ranks']} ranks, ZeRO-{lr['zero_stage']}, EP {lr['expert_parallel']}, "
            f"SP {lr['sequence_parallel']}, {lr['tokens_per_rank']:.0f} tokens/rank/micro-batch",
+           "sequence parallel: " + (f"SP {lr['sequence_parallel_needed']} is the smallest size at which "
+                                    f"a learner rank fits" if lr.get("sequence_parallel_needed")
+                                    else "no size makes a learner rank fit" if plan["gpu_memory_gib"]
+                                    else "not checked (CPU only)"),
            f"rollout: {ro['engines']} engines x {ro['gpus_per_engine']:g} GPUs "
            f"(TP {ro['tensor_parallel']} x PP {ro['pipeline_parallel']}), "
            f"{ro['concurrency_per_engine']} sequences of {ro['sequence_tokens']} tokens in flight "

@@ -76,6 +76,20 @@ def activations(s: Shape, lay: LearnerLayout) -> dict[str, float]:
     return {"checkpoints": 0.0, "layer_recompute": s.layers * t * per_layer}
 
 
+def sequence_parallel_buffers(s: Shape, lay: LearnerLayout) -> dict[str, float]:
+    """What sequence parallelism (cispo.seqpar) adds, for the one layer in flight: a softmax
+    layer's all-gathered K and V of the whole micro-batch and their gradients, K/V repeated to
+    every query head for the longest sequence (up to the whole micro-batch) and their gradients;
+    a lightning layer's gathered FP32 states (and their gradients in backward). Zero at size 1."""
+    if lay.sequence_parallel <= 1:
+        return {"sp_buffers": 0.0}
+    t = lay.tokens_per_micro_batch
+    kvd, hd = s.kv_heads * s.head_dim, s.heads * s.head_dim
+    kv = t * 2 * lay.dtype_bytes * (2 * kvd + 2 * hd) if s.softmax_layers else 0.0
+    states = 2 * lay.sequence_parallel * s.heads * s.head_dim**2 * 4 if s.linear_layers else 0.0
+    return {"sp_buffers": kv + states}
+
+
 def fp32_head(s: Shape, lay: LearnerLayout) -> dict[str, float]:
     """The LM head in FP32: an FP32 copy of its weight and its FP32 gradient, the final hidden
     states in FP32, and per chunk of tokens three FP32 [chunk, vocab] buffers (logits, softmax,
@@ -92,7 +106,8 @@ def fp32_head(s: Shape, lay: LearnerLayout) -> dict[str, float]:
 def learner_terms(s: Shape, p: ParamCounts, lay: LearnerLayout, reserve_gib: float) -> dict[str, float]:
     """Every term of one learner rank's peak, in bytes."""
     return {**zero_states(p, lay), "gathered_layers": gathered_layers(s, p, lay),
-            **activations(s, lay), **fp32_head(s, lay), "reserve": reserve_gib * GIB}
+            **activations(s, lay), **sequence_parallel_buffers(s, lay), **fp32_head(s, lay),
+            "reserve": reserve_gib * GIB}
 
 
 @dataclass(frozen=True)

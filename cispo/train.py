@@ -10,7 +10,9 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from omegaconf import DictConfig
 from cispo import checkpoint, data, sampling
 from cispo.advantages import compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
+from cispo.config_check import value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.models.build import load_tokenizer, prepare
@@ -41,36 +44,49 @@ def main(cfg: DictConfig) -> None:
     if cfg.plan:  # resources only: no Docker, no Ray, no GPU
         return run_plan(cfg)
     p = build(cfg)
-    A, G = cfg.algorithm, cfg.rollout.group_size
-    with Progress(cfg.trainer.total_steps, p.start, cfg.logging.progress) as bar:
-        for step in range(p.start, cfg.trainer.total_steps):
+    A, G, total = cfg.algorithm, cfg.rollout.group_size, cfg.trainer.total_steps
+    # async: the rollout of step k+1 runs in a thread (Ray calls + reward scoring) while the
+    # learner trains on step k; it samples from the weights synced before step k's update.
+    ahead = ThreadPoolExecutor(1, "rollout") if cfg.rollout.async_generation else None
+    pending = ahead.submit(rollout_step, p, cfg, p.start) if ahead and p.start < total else None
+    with Progress(total, p.start, cfg.logging.progress) as bar:
+        for step in range(p.start, total):
             t0 = time.monotonic()
-            groups, s_metrics = sampling.collect(            # 1-3. prompts → rollout → reward
-                cfg.rollout.prompts_per_step, partial(p.stream.next_batch, step=step),
-                partial(generate, p, step),
-                partial(score, p, cfg), G, A.dynamic_sampling, A.max_sampling_rounds)
-            _, samples, scores = sampling.flatten(groups)
-            t_gen = time.monotonic() - t0
+            if pending is not None:                                  # 1-3. prompts → rollout → reward
+                ro = pending.result()
+                pending = ahead.submit(rollout_step, p, cfg, step + 1) if step + 1 < total else None
+            else:
+                ro = rollout_step(p, cfg, step)
+            t_wait = time.monotonic() - t0
+            staleness = p.rollout.version - ro.version  # syncs since these samples' weights
+            _, samples, scores = sampling.flatten(ro.groups)
             stage_metrics = p.schedule.metrics()  # the stage these samples were drawn in
             items, rewards, valid = advantages(samples, scores, A, G)                 # 4. advantages
             t1 = time.monotonic()
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
-            p.rollout.sync_weights(p.learner.state_dict_ref())                       # 6. sync
+            if pending is not None:  # engines finish step k+1 before they take the new weights
+                futures.wait([pending])
+            t3 = time.monotonic()
+            sync_metrics = sync(p, cfg)                                               # 6. sync
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
                 apply_stage(cfg, p.schedule, p.learner)
-            metrics = {**l_metrics, **merge_rounds(p.reward_rounds), **s_metrics,        # 7. log
-                       **stage_metrics, **p.stream.metrics(),
+            metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
+                       **stage_metrics, **p.stream.metrics(), **sync_metrics,
                        **sample_metrics(samples, rewards, valid, G),
-                       "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": t_gen,
+                       "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": ro.seconds,
+                       "time/rollout_wait_s": t_wait,
+                       "rollout/staleness": float(staleness),
                        "rollout/worker_restarts": float(p.rollout.restarts),
-                       "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t2,
+                       "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t3,
                        "time/step_s": time.monotonic() - t0,
-                       **perf_metrics(samples, items, t_gen, t2 - t1)}
+                       **perf_metrics(samples, items, ro.seconds, t2 - t1)}
             p.logger.log(step, metrics)
             bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
                 checkpoint.save(p.learner, p.run_dir, step + 1, states(p))
+    if ahead is not None:
+        ahead.shutdown()
     finish(cfg, p)
 
 
@@ -86,7 +102,33 @@ class Parts:
     rollout: RolloutManager
     logger: RunLogger
     schedule: WindowSchedule
-    reward_rounds: list = field(default_factory=list)  # this step's reward metrics, per round
+
+
+@dataclass
+class Rollout:
+    """One step's scored groups, and which weights sampled them."""
+
+    groups: list
+    sampling_metrics: dict
+    reward_metrics: dict
+    seconds: float
+    version: int  # the weight sync the engines held while sampling
+
+
+def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
+    """Prompts → G responses each → rewards (with dynamic sampling's refills)."""
+    t0, version, rounds = time.monotonic(), p.rollout.version, []
+    groups, metrics = sampling.collect(
+        cfg.rollout.prompts_per_step, partial(p.stream.next_batch, step=step), partial(generate, p, step),
+        partial(score, p, cfg, rounds), cfg.rollout.group_size, cfg.algorithm.dynamic_sampling,
+        cfg.algorithm.max_sampling_rounds)
+    return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version)
+
+
+def sync(p: Parts, cfg: DictConfig) -> dict[str, float]:
+    """The learner's weights to every engine, gathered and shipped bucket by bucket."""
+    refs, stats = p.learner.weight_buckets(cfg.rollout.sync_bucket_mb)
+    return {**stats, "sync/load_s": p.rollout.sync_weights(refs)}
 
 
 def build(cfg: DictConfig) -> Parts:
@@ -94,6 +136,8 @@ def build(cfg: DictConfig) -> Parts:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    if problems := value_problems(cfg):
+        sys.exit("config: " + "\nconfig: ".join(problems))
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
     state = checkpoint.read_state(ckpt) if ckpt else {}
@@ -119,8 +163,15 @@ def build(cfg: DictConfig) -> Parts:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                             {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim})
-    rollout.sync_weights(learner.state_dict_ref())
+                             {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
+                             (cfg.parallel.rollout_tensor_parallel, cfg.parallel.rollout_pipeline_parallel))
+    if cfg.rollout.async_generation and cfg.algorithm.old_logprobs != "rollout":
+        # one step off-policy: π_old must be the policy that sampled (the engine's log-probs);
+        # the learner's recomputation would be the current policy, one update newer
+        log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
+        cfg.algorithm.old_logprobs = "rollout"
+    refs, _ = learner.weight_buckets(cfg.rollout.sync_bucket_mb)
+    rollout.sync_weights(refs)
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
@@ -153,7 +204,7 @@ def advantages(samples, scores: list, A: DictConfig, G: int):
     valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)
     rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
     adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)
-    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a)
+    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing)
              for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
     return items, rewards, valid
 
@@ -261,10 +312,11 @@ def generate(p: Parts, step: int, batch: list, round_index: int) -> list:
     return p.rollout.generate([q.token_ids for q in batch], seed=sampling.round_seed(step, round_index))
 
 
-def score(p: Parts, cfg: DictConfig, batch: list, samples: list) -> list:
-    """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy."""
+def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -> list:
+    """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy; the
+    round's reward metrics are appended to `rounds`."""
     scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
-    p.reward_rounds.append(metrics)
+    rounds.append(metrics)
     return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
 
 

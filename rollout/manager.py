@@ -21,26 +21,38 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None):
+                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1)):
+        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`)."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
-        self._weights: ray.ObjectRef | None = None
+        self._weights: ray.ObjectRef | list | None = None
         self._version = 0
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
+        engine_options = engine_options_from(cfg, *parallel)
+        devices = parallel[0] * parallel[1]
+        self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
         self.workers = [
-            GenerationWorker.options(**opts).remote(cfg.engine, model_path, dtype, cfg.torch_threads,
-                                                    trust_remote_code, device, model_options)
-            for _ in range(cfg.num_workers)
+            GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, devices)).remote(
+                cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code, device,
+                model_options, engine_options)
+            for k in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])
 
-    def sync_weights(self, state_ref: ray.ObjectRef) -> None:
-        """Every worker loads the same weights (one copy in the object store, read by all)."""
-        self._weights, self._version = state_ref, self._version + 1
-        ray.get([w.load_weights.remote(state_ref, self._version) for w in self.workers])
+    @property
+    def version(self) -> int:
+        """How many weight syncs the workers have taken (0: the initial checkpoint)."""
+        return self._version
+
+    def sync_weights(self, weights: ray.ObjectRef | list[ray.ObjectRef]) -> float:
+        """Every worker loads the same weights: one object-store ref of a whole state dict, or
+        the refs of its buckets (one copy each in the object store, read by all). Returns the
+        slowest worker's load seconds."""
+        self._weights, self._version = weights, self._version + 1
+        return max(ray.get([w.load_weights.remote(weights, self._version) for w in self.workers]))
 
     def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
         """G samples per prompt; result grouped by prompt, in prompt order."""
@@ -49,7 +61,7 @@ class RolloutManager:
         for k, w in enumerate(self.workers):
             chunk = prompt_ids[k * per:(k + 1) * per]
             if chunk:
-                params = self._params(seed * 1000 + k)
+                params = self._params(seed)  # per-sample streams: (seed, prompt, sample)
                 ref = w.generate.remote(chunk, self.cfg.group_size, params, k * per, self._version)
                 jobs[k] = (chunk, k * per, params, ref)
         out = {k: self._collect(k, *job) for k, job in jobs.items()}
@@ -92,3 +104,65 @@ class RolloutManager:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+        for pg in self.placement_groups:
+            ray.util.remove_placement_group(pg)
+
+
+def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> dict:
+    """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
+    if cfg.engine == "hf":
+        if tensor_parallel * pipeline_parallel != 1:
+            raise ValueError("rollout.engine=hf runs on one device per engine: set "
+                             "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
+                             "(model parallel engines need rollout.engine=vllm)")
+        return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
+    if cfg.routing_replay:
+        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+    if cfg.engine == "vllm":
+        return {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
+                **cfg.vllm}
+    return {}
+
+
+def placement_groups(cfg: Any, devices: int = 1) -> list:
+    """One placement group per engine: `devices` (tensor x pipeline parallel) bundles of
+    {GPU: num_gpus_per_worker, CPU: num_cpus_per_worker}, packed (a tensor-parallel engine's GPUs
+    talk over NVLink; STRICT_PACK for one device, PACK beyond, since an engine may span nodes).
+    `rollout.placement_groups`: auto (with GPUs), on, off. Waits until Ray reserved them."""
+    from ray.util.placement_group import placement_group
+
+    mode = cfg.placement_groups
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"rollout.placement_groups must be auto, on or off, got {mode!r}")
+    if mode == "off" or (mode == "auto" and cfg.num_gpus_per_worker <= 0):
+        return []
+    bundle = {"CPU": cfg.num_cpus_per_worker}
+    if cfg.num_gpus_per_worker > 0:
+        bundle["GPU"] = cfg.num_gpus_per_worker
+    strategy = "STRICT_PACK" if devices == 1 else "PACK"
+    groups = [placement_group([dict(bundle) for _ in range(devices)], strategy=strategy)
+              for _ in range(cfg.num_workers)]
+    ready = [g.ready() for g in groups]
+    done, _ = ray.wait(ready, num_returns=len(ready), timeout=RESTART_TIMEOUT_S)
+    if len(done) < len(ready):
+        for g in groups:
+            ray.util.remove_placement_group(g)
+        raise RuntimeError(f"Ray could not reserve {cfg.num_workers} engine placement groups of "
+                           f"{devices} x {bundle} within {RESTART_TIMEOUT_S} s: the "
+                           "cluster lacks these resources (lower rollout.num_workers or the per-worker needs)")
+    return groups
+
+
+def _in_group(groups: list, k: int, devices: int) -> dict:
+    """Actor options placing worker k in bundle 0 of its group. A tensor-parallel engine's own
+    processes (vLLM's Ray executor) land in the group's other bundles: child tasks are captured."""
+    if not groups:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(groups[k], placement_group_bundle_index=0,
+                                                placement_group_capture_child_tasks=True)
+    opts: dict = {"scheduling_strategy": strategy}
+    if devices > 1:
+        opts["num_gpus"] = 0  # the engine's model-parallel workers hold the group's GPUs
+    return opts

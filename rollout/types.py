@@ -26,3 +26,5 @@ class Sample:
     response_ids: list[int]  # includes the EOS token when finish_reason == "stop"
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS) | "length" (max_new_tokens) | "repetition"
+    # routing replay: routing[t][layer] = the experts token t of the response went to (HF engine)
+    routing: list | None = None

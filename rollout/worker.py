@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import ray
 import torch
 
@@ -14,18 +16,32 @@ from rollout.types import Sample, SamplingParams
 class GenerationWorker:
     def __init__(self, engine: str, model_path: str, dtype: str, torch_threads: int,
                  trust_remote_code: bool = False, device: str = "cpu",
-                 model_options: dict | None = None):
+                 model_options: dict | None = None, engine_options: dict | None = None):
         setup_actor(torch_threads)
-        self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code, model_options)
+        self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code, model_options,
+                                  **(engine_options or {}))
 
         self.version = 0  # which weight sync this worker holds; 0 = the initial checkpoint
 
     def ready(self) -> int:
         return self.version
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        self.engine.load_state_dict(state_dict)
+    def load_weights(self, weights: dict[str, torch.Tensor] | list, version: int) -> float:
+        """A whole state dict, or a list of object-store refs of buckets (cispo.weight_sync),
+        loaded one bucket at a time; returns seconds spent."""
+        t0 = time.perf_counter()
+        if isinstance(weights, dict):
+            self.engine.load_state_dict(weights)
+        else:
+            names: set[str] = set()
+            for ref in weights:
+                bucket = ray.get(ref)
+                self.engine.load_state_dict(bucket, strict=False)
+                names.update(bucket)
+                del bucket  # one bucket in memory at a time
+            self.engine.check_complete(names)
         self.version = version
+        return time.perf_counter() - t0
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
                  first_index: int, version: int) -> list[Sample]:

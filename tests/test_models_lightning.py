@@ -166,3 +166,50 @@ def test_whole_hybrid_model_logits_and_grads_match_after_patch():
     errs = (rel(out, ref), rel(g, ref_g), rel(res.logits, ref), rel(cache, ref_cache))
     print("logits {:.1e}, layer-0 qkv grad {:.1e}, prefill logits {:.1e}, state {:.1e}".format(*errs))
     assert 0 < errs[0] < 5e-3 and errs[1] < 2e-2 and errs[2] < 5e-3 and errs[3] < 5e-3, errs
+
+
+class _LinearCache:
+    """The two methods of transformers' MiniMaxCache that a lightning layer calls."""
+
+    def __init__(self):
+        self.states = {}
+
+    def get_linear_cache(self, i):
+        return self.states.get(i)
+
+    def set_linear_cache(self, i, state):
+        self.states[i] = state
+
+
+def _decode(layer, x, step):
+    """Token by token from a zero state (as after an empty prefill) through `step`."""
+    from cispo.models.lightning import fp32_state_decode
+
+    b, h, d = x.shape[0], layer.num_attention_heads, layer.head_dim
+    cache = _LinearCache()
+    cache.set_linear_cache(layer.layer_idx, torch.zeros(b, h, d, d, dtype=x.dtype))
+    fn = fp32_state_decode if step == "fp32" else (lambda m, xt, mask, c: type(m).forward(m, xt, None, mask, c))
+    outs = [fn(layer, x[:, t:t + 1], None, cache)[0] for t in range(x.shape[1])]
+    return torch.cat(outs, dim=1), cache.get_linear_cache(layer.layer_idx)
+
+
+def test_fp32_state_decode_equals_the_full_pass_in_float64():
+    layer = lightning_layer(layer_idx=1)
+    x = torch.randn(2, 21, 64, dtype=torch.float64)
+    out, state = _decode(layer, x, "fp32")
+    assert state.dtype == torch.float32  # kept in FP32 whatever the model's dtype
+    assert rel(out, formula(layer, x, m1_slopes(4, 1, 4))) < 1e-6
+
+
+def test_fp32_state_decode_of_a_bf16_layer_is_closer_to_the_formula_than_transformers_step():
+    """M1 keeps the lightning state in FP32: over a long response transformers' bf16 state drifts."""
+    ref_layer = lightning_layer(layer_idx=0, heads=2, head_dim=32)
+    x = torch.randn(1, 300, 64, dtype=torch.float64)
+    ref = formula(ref_layer, x, m1_slopes(2, 0, 4))
+    layer = lightning_layer(layer_idx=0, heads=2, head_dim=32, dtype=torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    ours, state = _decode(layer, xb, "fp32")
+    theirs, _ = _decode(layer, xb, "transformers")
+    assert state.dtype == torch.float32 and ours.dtype == torch.bfloat16
+    err_ours, err_theirs = rel(ours.double(), ref), rel(theirs.double(), ref)
+    assert err_ours < 0.5 * err_theirs, (err_ours, err_theirs)

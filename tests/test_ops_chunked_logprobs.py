@@ -111,3 +111,43 @@ def test_shape_errors_are_clear():
         linear_token_logprobs(torch.randn(3, 4), torch.randn(10, 5), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="must match"):
         linear_token_logprobs(torch.randn(3, 4), torch.randn(10, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_split_tf32_is_exact_and_3xtf32_reaches_near_fp32_accuracy():
+    """split_tf32 splits exactly; with TF32 emulated (operands rounded to 10 mantissa bits, the
+    products exact in float64), three TF32 products are ≥ 100× closer to the exact product than
+    one, within a few 2⁻²¹ of it (the CPU has no TF32, so the GPU's rounding is emulated here)."""
+    from cispo.ops.fp32_matmul import mm_3xtf32, split_tf32
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 256, generator=g) * 3
+    b = torch.randn(256, 48, generator=g)
+    hi, lo = split_tf32(a)
+    assert torch.equal(hi + lo, a) and not (hi.view(torch.int32) & 8191).any()
+
+    def tf32(x):  # round-to-nearest to 10 mantissa bits, as the tensor cores read an operand
+        return x.double().frexp().mantissa.mul(2**11).round().div(2**11).ldexp(x.double().frexp().exponent)
+
+    exact = a.double() @ b.double()
+    ah, al = split_tf32(a)
+    bh, bl = split_tf32(b)
+    three = tf32(ah) @ tf32(bh) + tf32(ah) @ tf32(bl) + tf32(al) @ tf32(bh)
+    one = tf32(a) @ tf32(b)
+    scale = a.double().abs() @ b.double().abs()
+    err3, err1 = ((three - exact).abs() / scale).max(), ((one - exact).abs() / scale).max()
+    assert err3 < 4 * 2**-21 and err3 * 100 < err1
+    # on CPU there is no TF32: the function is IEEE float32 (three partial sums' rounding)
+    assert ((mm_3xtf32(a, b).double() - exact).abs() / scale).max() < 2**-20
+
+
+def test_3xtf32_precision_matches_formula_on_cpu():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 16, generator=g)
+    w = torch.randn(50, 16, generator=g)
+    tok = torch.randint(0, 50, (9,), generator=g)
+    a = linear_token_logprobs(h, w, tok, 0.8, with_entropy=True, precision="3xtf32", vocab_block=16)
+    b = linear_token_logprobs(h, w, tok, 0.8, with_entropy=True)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="precision"):
+        linear_token_logprobs(h, w, tok, precision="tf32")

@@ -192,3 +192,44 @@ def test_compare_with_measured():
 
     r = compare_with_measured({"learner": {"per_gpu_memory_gib": 10.5}}, 10.0)
     assert r["relative_error"] == pytest.approx(0.05) and r["within_10_percent"]
+
+
+def test_sequence_parallel_buffers_by_hand():
+    from cispo.planner_memory import sequence_parallel_buffers
+
+    shape = shape_of(resolve_config(OmegaConf.structured(ModelConfig(name="MiniMaxAI/MiniMax-M1-80k-hf"))))
+    lay = LearnerLayout(ranks=256, zero_stage=3, dtype_bytes=2, expert_parallel=32, sequence_parallel=8,
+                        tokens_per_micro_batch=83968, head_chunk_tokens=2048, checkpointing=True,
+                        prefetch_layers=2)
+    # K, V gathered (8 KV heads) + their grads, K/V repeated to 64 heads + grads; 8 gathered states x2
+    kv = 83968 * 2 * 2 * (2 * 8 * 128 + 2 * 64 * 128)
+    assert sequence_parallel_buffers(shape, lay)["sp_buffers"] == kv + 2 * 8 * 64 * 128 * 128 * 4
+    one = LearnerLayout(**{**lay.__dict__, "sequence_parallel": 1})
+    assert sequence_parallel_buffers(shape, one)["sp_buffers"] == 0.0
+
+
+def test_m1_80k_names_the_sequence_parallel_size_it_needs():
+    plan = build_plan(config("+exp=m1_80k"))
+    lr = plan["learner"]
+    assert lr["sequence_parallel"] == 8 and plan["fits"]
+    need = lr["sequence_parallel_needed"]
+    assert need is not None and need <= 8 and 256 % need == 0
+    at_need = build_plan(config("+exp=m1_80k", f"learner.sequence_parallel_size={need}"))
+    assert at_need["fits"] and at_need["learner"]["per_gpu_memory_gib"] <= 80
+    if need > 1:  # the next smaller divisor does not fit, and the message says what to raise
+        smaller = max(d for d in range(1, need) if 256 % d == 0)
+        below = build_plan(config("+exp=m1_80k", f"learner.sequence_parallel_size={smaller}"))
+        assert not below["fits"]
+        assert any("learner.sequence_parallel_size" in p for p in below["problems"])
+    # SP splits the activations: per-rank tokens and the activation terms shrink with the size
+    t4 = build_plan(config("+exp=m1_80k", "learner.sequence_parallel_size=4"))["learner"]["terms_gib"]
+    t8 = lr["terms_gib"]
+    assert t8["checkpoints"] == pytest.approx(t4["checkpoints"] / 2, rel=1e-3)
+    from cispo.planner import format_plan
+
+    assert f"sequence parallel: SP {need} is the smallest size" in format_plan(plan)
+
+
+def test_two_sequence_parallel_keys_that_disagree_are_an_error():
+    with pytest.raises(PlanError, match="disagree"):
+        build_plan(config("+exp=m1_80k", "parallel.sequence_parallel=4"))

@@ -13,9 +13,16 @@ def test_ray_rollout_two_workers(ray_local, tiny_model_path):
     from cispo.config import RolloutConfig
     from rollout.manager import RolloutManager
 
+    # placement groups on CPU resources: one group of one {CPU: 1} bundle per engine
     cfg = OmegaConf.structured(RolloutConfig(num_workers=2, group_size=3, max_new_tokens=5,
-                                             num_cpus_per_worker=1))
+                                             num_cpus_per_worker=1, placement_groups="on"))
     mgr = RolloutManager(cfg, tiny_model_path)
+    import ray
+
+    groups = [ray.get(w.__ray_call__.remote(lambda self: ray.util.get_current_placement_group().id.hex()))
+              for w in mgr.workers]
+    assert groups == [g.id.hex() for g in mgr.placement_groups]
+    assert all(ray.util.placement_group_table(g)["bundles"] == {0: {"CPU": 1.0}} for g in mgr.placement_groups)
     tok = load_tokenizer(tiny_model_path)
     prompts = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids
                for t in ["1+2=\\boxed{", "2+2=\\boxed{", "0+1=\\boxed{"]]

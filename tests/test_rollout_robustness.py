@@ -48,12 +48,18 @@ def test_trailing_confident_run():
 
 
 def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_path):
+    """ray.kill between steps, then os._exit inside a worker in the middle of a step."""
+    import sys
+
+    from ray import cloudpickle
+
     from cispo.models.build import load_model
     from rollout.manager import RolloutManager
 
     cfg = OmegaConf.structured(RolloutConfig(num_workers=2, group_size=2, max_new_tokens=4,
                                              num_cpus_per_worker=1, max_restarts=2))
     mgr = RolloutManager(cfg, tiny_model_path)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the crash hook runs in a worker
     try:
         sd = {k: v + 0.01 for k, v in load_model(tiny_model_path).state_dict().items()}
         mgr.sync_weights(ray.put(sd))  # workers now hold v1, not the checkpoint on disk
@@ -65,5 +71,28 @@ def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_pat
         assert [(s.prompt_index, s.response_ids) for s in got] == \
             [(s.prompt_index, s.response_ids) for s in expected]
         assert [s.logprobs for s in got] == [s.logprobs for s in expected]
+        restarts = mgr.restarts
+        ray.get(mgr.workers[1].__ray_call__.remote(_exit_on_third_forward))
+        got = mgr.generate(prompts, seed=3)  # worker 1 exits mid-decode of its 2 prompts
+        assert mgr.restarts == restarts + 1
+        assert [s.prompt_index for s in got] == [0, 0, 1, 1, 2, 2, 3, 3]  # none lost or doubled
+        assert [(s.response_ids, s.logprobs, s.finish_reason) for s in got] == \
+            [(s.response_ids, s.logprobs, s.finish_reason) for s in expected]
     finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         mgr.shutdown()
+
+
+def _exit_on_third_forward(worker_self) -> None:
+    """Runs inside a generation worker: the engine's third model call (prefill, then the second
+    decode step) ends the process with os._exit, as an OOM-killed or crashing process would."""
+    import os
+
+    calls = [0]
+
+    def hook(module, args, output):
+        calls[0] += 1
+        if calls[0] == 3:
+            os._exit(1)
+
+    worker_self.engine.model.register_forward_hook(hook)

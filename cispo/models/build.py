@@ -62,7 +62,8 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
                fp32_head: bool = False, rotary_dim: int | None = None):
     """The model every process uses (learner ranks and engines alike, so they compute the same
     function): M1's partial RoPE when `rotary_dim` is set, an FP32 LM head when asked (and the
-    head is not tied), and fla's lightning kernel on CUDA for MiniMax models."""
+    head is not tied), and for MiniMax models fla's lightning kernel on CUDA, or on CPU transformers'
+    loop run once per packed sequence."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -75,10 +76,15 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         from cispo.models.fp32_head import apply_fp32_head
 
         apply_fp32_head(model)
-    if torch.cuda.is_available() and model.config.model_type == "minimax":
-        from cispo.models.lightning import patch_lightning_attention
+    if model.config.model_type == "minimax":
+        if torch.cuda.is_available():
+            from cispo.models.lightning import patch_lightning_attention
 
-        patch_lightning_attention(model)  # CPU passes keep transformers' loop inside
+            patch_lightning_attention(model)  # CPU passes keep transformers' loop inside
+        else:  # packed rows on CPU: transformers' loop once per sequence
+            from cispo.models.segmented import patch_segmented_lightning
+
+            patch_segmented_lightning(model)
     return model
 
 

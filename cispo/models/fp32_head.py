@@ -27,6 +27,8 @@ class FP32LMHead(nn.Module):
         self.weight = nn.Parameter(weight.detach().to(torch.float32), requires_grad=weight.requires_grad)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32))
         self.out_features, self.in_features = self.weight.shape
+        # "ieee" (M1: TF32 off) or "3xtf32" for the chunked log-prob path (cispo.ops.chunked_logprobs)
+        self.precision = "ieee"
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
                 temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
@@ -36,7 +38,8 @@ class FP32LMHead(nn.Module):
             raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
                              "style LM head); call head(hidden) for full logits instead")
         return linear_token_logprobs(hidden, self.weight, tokens, temperature,
-                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+                                     precision=self.precision)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp32, no tf32"
@@ -61,4 +64,43 @@ def apply_fp32_head(model: nn.Module) -> nn.Module:
                          "head would untie them. Use a checkpoint with tie_word_embeddings=False.")
     new = FP32LMHead(head.weight, head.bias).to(head.weight.device)
     model.set_output_embeddings(new)
+    return model
+
+
+def _scoring_forward(self, *args, targets: torch.Tensor | None = None, temperature: float = 1.0,
+                     with_entropy: bool = False, **kwargs):
+    """The causal LM's own forward, or with `targets` the (log π, entropy or None) of each target
+    token: the base model's hidden states through the head module's chunked path (FP32 head) or
+    through full logits (any other head, e.g. one tied to the input embedding)."""
+    if targets is None:
+        return type(self).forward(self, *args, **kwargs)
+    hidden = self.get_decoder()(*args, **kwargs).last_hidden_state
+    head = self.get_output_embeddings()
+    if isinstance(head, FP32LMHead):
+        return head(hidden, tokens=targets, temperature=temperature, with_entropy=with_entropy)
+    from cispo.ops.logprobs import token_entropy, token_logprobs
+
+    logits = head(hidden)  # the module's call: ZeRO-3 gathers its weight around it
+    lp = token_logprobs(logits, targets, temperature)
+    return lp, (token_entropy(logits, temperature) if with_entropy else None)
+
+
+def enable_token_scoring(model: nn.Module) -> nn.Module:
+    """Let `model(..., targets=t)` return the targets' log-probs (and entropies) without [T, V]
+    logits; without `targets` the model behaves as before. Returns the model.
+
+    Why through `model(...)` and not `model.model(...)` then `model.lm_head(...)` from the
+    learner: under DeepSpeed ZeRO-3 only the engine's own forward (`engine(...)`, which calls
+    `model(...)`) runs `optimizer.clear_backward_seen_flag()`, which advances ZeRO-3's
+    `micro_step_id` after each backward. Stage 3 *copies* a reduced gradient into its partition
+    while `micro_step_id == 0` and adds only after that, so calling sub-modules directly leaves
+    it at 0 and every micro-batch's gradient overwrites the previous one: only the last
+    micro-batch counted. With 1 rank (3 micro-batches) and 2 ranks (2 each) that gave different
+    gradients (the embedding differed most: only the last micro-batch's tokens had rows). The
+    engine's forward also registers the backward prologue on the outputs. So the learner calls
+    the engine, and the model's forward does the scoring.
+    """
+    import types
+
+    model.forward = types.MethodType(_scoring_forward, model)
     return model

@@ -13,8 +13,9 @@ the layer.
 
 `patch_lightning_attention(model)` rebinds the forward of every lightning layer. The fla kernel runs
 for every full-sequence pass on CUDA (training, log-probs, and a generation prefill, which also
-leaves the final KV state in the cache); decode steps (one token, state in the cache) and CPU runs
-keep transformers' code. Packed micro-batches (B = 1, several sequences back to
+leaves the final KV state in the cache); decode steps (one token, state in the cache) keep the
+state in FP32 (`fp32_state_decode`, as M1 does; `fp32_state=False` gives transformers' step back),
+and CPU runs keep transformers' code. Packed micro-batches (B = 1, several sequences back to
 back) take `cu_seq_lens_q` from the call's kwargs (HF's flash-attention convention) or, failing
 that, derive it from `position_ids` restarting at 0; the KV state then restarts at every
 sequence boundary, which transformers' loop (one state across the whole row) does not do.
@@ -46,6 +47,8 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
                           past_key_values=None, **kwargs):
     """Same signature and result as MiniMaxLightningAttention.forward, via chunk_simple_gla."""
     decoding = past_key_values is not None and past_key_values.get_linear_cache(self.layer_idx) is not None
+    if decoding and getattr(self, "fp32_state", False):
+        return fp32_state_decode(self, hidden_states, attention_mask, past_key_values)
     if decoding or not hidden_states.is_cuda:  # one token at a time: transformers' recurrence
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask,
                                   past_key_values, **kwargs)
@@ -67,19 +70,54 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
     o, state = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, cu_seqlens=cu,
                                 output_final_state=past_key_values is not None)
     if past_key_values is not None:
-        # transformers' decode step multiplies it with bf16 queries: same dtype as v
-        past_key_values.set_linear_cache(self.layer_idx, state.to(v.dtype))
+        # fla's final state is FP32; transformers' decode step multiplies it with the model-dtype
+        # queries, so it gets v's dtype unless our FP32-state decode step reads it
+        keep = torch.float32 if getattr(self, "fp32_state", False) else v.dtype
+        past_key_values.set_linear_cache(self.layer_idx, state.to(keep))
     o = self.norm(o.reshape(batch, seq_len, heads * dim))
     o = F.sigmoid(self.output_gate(hidden_states)) * o
     # transformers returns the final KV state too; nothing in the decoder layer reads it
     return self.out_proj(o), None
 
 
-def patch_lightning_attention(model: nn.Module) -> int:
+def fp32_state_decode(self, hidden_states, attention_mask, past_key_values):
+    """Decode steps of a lightning layer with the KV state kept and updated in FP32.
+
+    transformers' step runs S ← e^{−λ} S + kᵀv and o = q S in the model's dtype, so in bf16 the
+    state (a running sum over the whole response) is rounded to 8 bits of mantissa at every
+    token and the rollout's log-probs drift away from the learner's full pass (fla, FP32
+    accumulation). M1 keeps this state in FP32; so does this step: q, k, v come from the
+    model-dtype projection, the recurrence and q S run in FP32, and o is cast back for the norm.
+    Same result as transformers' step in an FP32 model.
+    """
+    from transformers.models.minimax.modeling_minimax import apply_mask_to_padding_states
+
+    batch, seq_len, _ = hidden_states.shape
+    heads, dim = self.num_attention_heads, self.head_dim
+    qkv = self.act_fn(self.qkv_proj(hidden_states))
+    qkv = apply_mask_to_padding_states(qkv, attention_mask)
+    q, k, v = qkv.view(batch, seq_len, heads, 3 * dim).float().transpose(1, 2).split(dim, dim=-1)
+    state = past_key_values.get_linear_cache(self.layer_idx).float()  # [B, H, D, D]
+    ratio = torch.exp(-self.slope_rate.float())  # [H, 1, 1]
+    out = []
+    for t in range(seq_len):
+        kt, vt = k[:, :, t:t + 1], v[:, :, t:t + 1]
+        state = ratio * state + kt.transpose(-1, -2) @ vt
+        out.append(q[:, :, t:t + 1] @ state)
+    past_key_values.set_linear_cache(self.layer_idx, state)
+    o = torch.cat(out, dim=2).transpose(1, 2).reshape(batch, seq_len, heads * dim).to(hidden_states.dtype)
+    o = self.norm(o)
+    o = F.sigmoid(self.output_gate(hidden_states)) * o
+    return self.out_proj(o), None
+
+
+def patch_lightning_attention(model: nn.Module, fp32_state: bool = True) -> int:
     """Route every MiniMax lightning layer of `model` through fla on GPU; returns how many.
 
-    Idempotent; the module's parameters and buffers are untouched, so checkpoints, ZeRO-3
-    partitioning and `save_pretrained` see the same model.
+    `fp32_state` (default, as M1): generation keeps the lightning KV state in FP32 across decode
+    steps (`fp32_state_decode`) instead of the model's dtype. Idempotent; the module's parameters
+    and buffers are untouched, so checkpoints, ZeRO-3 partitioning and `save_pretrained` see the
+    same model.
     """
     from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
 
@@ -87,6 +125,7 @@ def patch_lightning_attention(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, MiniMaxLightningAttention):
             module.forward = types.MethodType(fla_lightning_forward, module)
+            module.fp32_state = fp32_state
             n += 1
     return n
 

@@ -68,3 +68,43 @@ def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     Gradients come back in each input's own dtype.
     """
     return _FP32Linear.apply(x, weight, bias)
+
+
+@contextlib.contextmanager
+def tf32():
+    """Within the block, CUDA float32 matmuls may use TF32 tensor cores (autocast off)."""
+    mm = torch.backends.cuda.matmul
+    new_api = hasattr(mm, "fp32_precision")
+    saved = mm.fp32_precision if new_api else mm.allow_tf32
+    try:
+        if new_api:
+            mm.fp32_precision = "tf32"
+        else:
+            mm.allow_tf32 = True
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        if new_api:
+            mm.fp32_precision = saved
+        else:
+            mm.allow_tf32 = saved
+
+
+def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 x = hi + lo exactly, hi keeping the top 10 mantissa bits (exact in TF32) and lo the
+    remaining 13 (TF32 keeps 10 of those)."""
+    hi = (x.view(torch.int32) & -8192).view(torch.float32)  # -8192 = 0xFFFFE000: clear 13 low bits
+    return hi, x - hi
+
+
+def mm_3xtf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for float32 operands from three TF32 tensor-core products (hi·hi + hi·lo + lo·hi; the
+    dropped lo·lo term and lo's rounding leave ≈ 2⁻²¹ relative error per term, near IEEE FP32's
+    2⁻²⁴, at about 3× the speed of IEEE FP32 on an H100). On CPU (no TF32) it is IEEE FP32."""
+    ah, al = split_tf32(a.contiguous())
+    bh, bl = split_tf32(b.contiguous())
+    with tf32():
+        out = ah @ bl
+        out.addmm_(al, bh)
+        out.addmm_(ah, bh)
+    return out

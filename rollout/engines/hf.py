@@ -1,71 +1,188 @@
-"""The transformers engine: `model.generate` with sampling, for any causal LM (CPU or GPU)."""
+"""The transformers engine, for any causal LM (CPU or GPU), with group prefix sharing.
+
+The G samples of a prompt share one prefill: the prompts are prefilled once (left-padded, one
+row each), the cache (for MiniMax a `MiniMaxCache`: lightning KV state + softmax KV cache) is
+expanded G times with `batch_repeat_interleave`, and the P·G rows decode together. Rows that
+finish (EOS, length, repetition stop) leave the batch (`batch_select_indices`), so the decode
+cost follows the live rows. Sampling noise is per sample (rollout.sampler), so a sample's
+tokens and log-probs do not depend on what else is in the batch.
+
+Log-probs are of the distribution sampled from: logits / temperature, then top-k, top-p.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from cispo.models.build import load_model, load_tokenizer
 from rollout.engines import register_engine
+from rollout.sampler import gumbel_noise, mix32, process_logits, sample, sample_keys
 from rollout.types import Sample, SamplingParams
+
+LENGTH, STOP, REPETITION = 0, 1, 2
+REASONS = {LENGTH: "length", STOP: "stop", REPETITION: "repetition"}
 
 
 @register_engine("hf")
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False, model_options: dict | None = None):
+                 trust_remote_code: bool = False, model_options: dict | None = None,
+                 max_prompts_per_batch: int = 0, record_routing: bool = False):
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         # model_options (fp32_head, rotary_dim): the learner's, so both compute the same model
         self.model = load_model(model_path, dtype, trust_remote_code,
                                 **(model_options or {})).to(self.device).eval()
-        self.eos_id = self.tokenizer.eos_token_id
+        self.eos_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else -1
         self.pad_id = self.tokenizer.pad_token_id
+        self.max_prompts_per_batch = max_prompts_per_batch  # 0: all of a call's prompts at once
+        self.recorder = None  # routing replay: records each token's experts (cispo.models.routing_replay)
+        if record_routing:
+            from cispo.models.routing_replay import RoutingRecorder
 
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+            self.recorder = RoutingRecorder(self.model)
+        types = list(getattr(self.model.config, "layer_types", None) or [])
+        # hybrid models (lightning + softmax layers): the first softmax layer, see `_forward`
+        self.full_layer = types.index("full_attention") if "full_attention" in types and \
+            len(set(types)) > 1 else None
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Whole weights (strict) or one bucket of them (strict=False: only unknown names fail)."""
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         # A tied LM head appears under one name only; anything else missing is a real mismatch.
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
-        if set(missing) - tied or unexpected:
+        if (strict and set(missing) - tied) or unexpected:
             raise RuntimeError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def check_complete(self, names: set[str]) -> None:
+        """After a bucketed sync: every parameter arrived (a tied head counts as its embedding)."""
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        missing = sorted({n for n, _ in self.model.named_parameters()} - set(names) - tied)
+        if missing:
+            raise RuntimeError(f"weight sync incomplete: {len(missing)} parameters missing, e.g. {missing[:5]}")
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
                  first_index: int = 0) -> list[Sample]:
-        from transformers import GenerationConfig, StoppingCriteriaList
+        """G samples per prompt, grouped by prompt; `first_index` is the global index of
+        prompts[0] (it names the samples' random streams and their `prompt_index`)."""
+        step = self.max_prompts_per_batch or len(prompts)
+        out: list[Sample] = []
+        for a in range(0, len(prompts), step):
+            out += self._generate(prompts[a:a + step], group_size, params, first_index + a)
+        return out
 
-        from rollout.repetition import RepetitionStop
-
-        rows = [p for p in prompts for _ in range(group_size)]
-        width = max(len(p) for p in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+    def _generate(self, prompts: list[list[int]], G: int, params: SamplingParams,
+                  first_index: int, first_sample: int = 0) -> list[Sample]:
+        """Row r is sample first_sample + r % G of prompt first_index + r // G."""
+        dev, P, T = self.device, len(prompts), params.max_new_tokens
+        width = max(len(p) for p in prompts)
+        ids = torch.full((P, width), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
-        for i, p in enumerate(rows):  # left padding: every prompt ends at the same column
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at the same column
             ids[i, width - len(p):] = torch.tensor(p)
             attn[i, width - len(p):] = 1
-        gen = GenerationConfig(
-            do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-            top_p=params.top_p, top_k=params.top_k or None, pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id, output_scores=True, return_dict_in_generate=True,
-        )
-        rep = RepetitionStop(params.repetition_window, params.repetition_threshold)
-        stops = StoppingCriteriaList([rep] if params.repetition_window > 0 else [])
-        torch.manual_seed(params.seed)
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
-                                  generation_config=gen, stopping_criteria=stops)
-        new = out.sequences[:, width:].cpu()
-        # scores: the processed logits each token was sampled from (temperature, top-k/p applied)
-        steps = torch.stack(out.scores, dim=1).float().cpu()  # [B, T, V]
-        lp = torch.log_softmax(steps, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        ids, attn = ids.to(dev), attn.to(dev)
+        if self.recorder is not None:
+            self.recorder.start([len(p) for p in prompts], G, width)
+        # 1. one prefill per prompt; positions count real tokens only (left padding)
+        out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
+        if self.recorder is not None:
+            self.recorder.after_forward()
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        # 2. expand to the G samples of each prompt: row r is sample r % G of prompt r // G
+        if G > 1:
+            cache_rows(cache, lambda x: x.repeat_interleave(G, dim=0))
+            logits, attn = logits.repeat_interleave(G, 0), attn.repeat_interleave(G, 0)
+        B = P * G
+        row = torch.arange(B)
+        keys = sample_keys(params.seed, first_index + row // G, first_sample + row % G).to(dev)
+        vocab_hash = mix32(torch.arange(logits.shape[-1], device=dev))
+        toks = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
+        lps = torch.zeros((B, T), device=dev)
+        lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        reasons = torch.zeros(B, dtype=torch.long, device=dev)
+        alive = torch.arange(B, device=dev)  # original row of each live batch row
+        run = torch.zeros(B, dtype=torch.long, device=dev)  # trailing tokens with p > threshold
+        pos = attn.sum(-1)  # position of the next token
+        log_t = math.log(params.repetition_threshold)
+        # 3. batched decode; finished rows leave the batch
+        for t in range(T):
+            z = process_logits(logits, params.temperature, params.top_k, params.top_p)
+            tok, lp = sample(z, gumbel_noise(keys[alive], t, vocab_hash))
+            toks[alive, t], lps[alive, t] = tok, lp
+            eos = tok == self.eos_id
+            done, code = eos.clone(), torch.where(eos, STOP, LENGTH)
+            if params.repetition_window > 0:
+                run = torch.where(lp > log_t, run + 1, torch.zeros_like(run))
+                rep = (run >= params.repetition_window) & ~eos  # an EOS still counts as EOS
+                done, code = done | rep, torch.where(rep, REPETITION, code)
+            if t == T - 1:
+                done = torch.ones_like(done)
+            lengths[alive[done]], reasons[alive[done]] = t + 1, code[done]
+            if bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                cache_rows(cache, lambda x, keep=keep: x[keep])
+                alive, tok, attn, run, pos = alive[keep], tok[keep], attn[keep], run[keep], pos[keep]
+                if self.recorder is not None:
+                    self.recorder.select(keep)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = self._forward(tok[:, None], attn, pos[:, None], cache)
+            if self.recorder is not None:
+                self.recorder.after_forward()
+            logits, pos = out.logits[:, -1], pos + 1
+        toks, lps, lengths, reasons = toks.cpu(), lps.float().cpu(), lengths.tolist(), reasons.tolist()
+        routing = self.recorder.finish(lengths) if self.recorder is not None else None
         samples = []
-        for i, p in enumerate(rows):
-            toks = new[i].tolist()
-            n_rep = rep.stopped_at[i] - width if i in rep.stopped_at else None
-            if self.eos_id in toks[:n_rep]:  # an EOS on the stopping token still counts as EOS
-                n, reason = toks.index(self.eos_id) + 1, "stop"
-            elif n_rep is not None:
-                n, reason = n_rep, "repetition"
-            else:
-                n, reason = len(toks), "length"
-            samples.append(Sample(first_index + i // group_size, list(p), toks[:n],
-                                  lp[i, :n].tolist(), reason))
+        for r in range(B):
+            n = lengths[r]
+            s = Sample(first_index + r // G, list(prompts[r // G]), toks[r, :n].tolist(),
+                       lps[r, :n].tolist(), REASONS[reasons[r]])
+            if routing is not None:
+                s.routing = routing[r]
+            samples.append(s)
         return samples
+
+    def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache):
+        """One cached forward, last position's logits only. For hybrid models the softmax
+        layers' mask is built here: transformers (5.x) sizes a cached step's causal mask from
+        layer 0's KV length, which for MiniMax is a lightning layer holding none, so with left
+        padding a decode step would attend to the wrong positions. Asking for the mask at the
+        first softmax layer gives the right offsets."""
+        if self.full_layer is None:
+            return self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                              use_cache=True, logits_to_keep=1)
+        if bool(attn.all()):  # no padding: plain causal attention, no mask needed
+            return self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
+                              logits_to_keep=1)
+        from transformers.masking_utils import create_causal_mask
+
+        embeds = self.model.get_input_embeddings()(ids)
+        try:
+            full = create_causal_mask(config=self.model.config, inputs_embeds=embeds, attention_mask=attn,
+                                      past_key_values=cache, position_ids=pos, layer_idx=self.full_layer)
+        except TypeError as e:  # older transformers: no layer_idx
+            raise RuntimeError("left-padded batches of a hybrid model need transformers' "
+                               "create_causal_mask(layer_idx=...) (transformers >= 5.23)") from e
+        # lightning layers zero the padding's q, k, v in a prefill; a decode token is never padding
+        linear = attn[:, -ids.shape[1]:] if ids.shape[1] > 1 else None
+        return self.model(inputs_embeds=embeds, attention_mask={"full_attention": full, "linear_attention": linear},
+                          position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+
+def cache_rows(cache, fn) -> None:
+    """Apply a batch-dim map (repeat, select) to every tensor of a transformers cache. Written out
+    because `MiniMaxCache.batch_repeat_interleave` indexes past its lightning-state list when the
+    last layer is a softmax layer (transformers 5.x); this touches only what the cache holds."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.numel():
+            layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+    states = getattr(cache, "linear_cache", None) or []
+    for i, state in enumerate(states):
+        if isinstance(state, torch.Tensor):
+            states[i] = fn(state)

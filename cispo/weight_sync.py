@@ -1,0 +1,158 @@
+"""Learner → generation-engine weight sync, bucket by bucket.
+
+The learner's parameters are cut into buckets of about `bucket_mb` (consecutive parameters of
+one dtype; a parameter larger than a bucket is a bucket of its own). Under ZeRO-3 each bucket's
+parameters are gathered together (`deepspeed.zero.GatheredParameters` over that bucket only), so
+a rank never holds more than one bucket of full weights at a time, never the whole model. All
+learner ranks iterate the buckets together (the gathers are collectives); rank 0 ships them:
+
+- CPU / Ray: each bucket is copied to CPU and put in the Ray object store (`to_object_store`);
+  every generation worker reads the same copies.
+- GPU: an NCCL group between learner rank 0 (group rank 0) and the engines; each bucket is
+  flattened into one buffer and broadcast (`broadcast_send` / `broadcast_recv`). The group is a
+  process group of its own (`make_group`: a TCPStore + ProcessGroupNCCL), beside the learner's
+  DeepSpeed group, so engines never join the training collectives. On CPU the same code runs over
+  gloo (that is how it is tested here).
+
+Only parameters travel: buffers (e.g. lightning decay rates) are not trained and engines hold
+their own. Each sync reports bytes, seconds and GB/s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from datetime import timedelta
+
+import torch
+
+Entry = tuple[str, tuple[int, ...], torch.dtype]  # (name, full shape, dtype)
+
+
+def param_entries(module: torch.nn.Module) -> list[Entry]:
+    """(name, full shape, dtype) of every parameter; ZeRO-3 keeps the full shape in `ds_shape`."""
+    return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in module.named_parameters()]
+
+
+def plan_buckets(entries: list[Entry], bucket_bytes: int) -> list[list[Entry]]:
+    """Consecutive parameters of one dtype, each bucket up to `bucket_bytes` (a larger
+    parameter goes alone). Every parameter lands in exactly one bucket, in order."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"sync bucket size must be > 0 bytes, got {bucket_bytes}")
+    buckets: list[list[Entry]] = []
+    size = 0
+    for e in entries:
+        nbytes = _numel(e[1]) * _itemsize(e[2])
+        if not buckets or e[2] != buckets[-1][-1][2] or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(e)
+        size += nbytes
+    return buckets
+
+
+def iter_buckets(module: torch.nn.Module, bucket_bytes: int,
+                 zero3: bool) -> Iterator[tuple[list[Entry], dict[str, torch.Tensor]]]:
+    """Yield (bucket plan, {name: full tensor}) per bucket; every learner rank must iterate it
+    to the end together. The tensors are valid only until the next bucket (ZeRO-3 releases
+    them), so copy what you keep."""
+    named = dict(module.named_parameters())
+    for bucket in plan_buckets(param_entries(module), bucket_bytes):
+        params = [named[n] for n, _, _ in bucket]
+        with _gathered(params, zero3):
+            yield bucket, {n: p.data.reshape(shape) for (n, shape, _), p in zip(bucket, params, strict=True)}
+
+
+def to_object_store(module: torch.nn.Module, bucket_bytes: int, zero3: bool, is_sender: bool,
+                    put: Callable) -> tuple[list, dict[str, float]]:
+    """CPU path: each bucket copied to CPU and `put` (ray.put) by the sender; (refs, stats)."""
+    t0, nbytes, refs = time.perf_counter(), 0, []
+    for _, tensors in iter_buckets(module, bucket_bytes, zero3):
+        if is_sender:
+            cpu = {n: t.detach().to("cpu", copy=True) for n, t in tensors.items()}
+            nbytes += sum(t.numel() * t.element_size() for t in cpu.values())
+            refs.append(put(cpu))
+    return refs, sync_stats(nbytes, time.perf_counter() - t0, len(refs))
+
+
+def make_group(backend: str, addr: str, port: int, rank: int, world_size: int,
+               timeout_s: float = 600.0):
+    """A process group of its own (not the default one) between learner rank 0 (rank 0) and
+    the engines (ranks 1..): a TCPStore hosted by rank 0 plus a NCCL or gloo group over it."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore(addr, port, world_size, is_master=rank == 0,
+                          timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world_size)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))
+    raise ValueError(f"weight-sync backend must be 'nccl' or 'gloo', got {backend!r}")
+
+
+def broadcast_send(group, module: torch.nn.Module, bucket_bytes: int, zero3: bool, is_sender: bool,
+                   device: torch.device | str) -> tuple[list[list[Entry]], dict[str, float]]:
+    """GPU path, learner side: all learner ranks gather bucket by bucket; the sender (learner
+    rank 0, rank 0 of `group`) broadcasts each bucket as one flat buffer. Receivers must know
+    the plan first: `plan_buckets(param_entries(module), bucket_bytes)` (send it through Ray)."""
+    t0, nbytes, plan = time.perf_counter(), 0, []
+    for bucket, tensors in iter_buckets(module, bucket_bytes, zero3):
+        plan.append(bucket)
+        if is_sender:
+            flat = torch.cat([t.reshape(-1) for t in tensors.values()]).to(device)
+            group.broadcast(flat, 0).wait()
+            nbytes += flat.numel() * flat.element_size()
+    _synchronize(device)
+    return plan, sync_stats(nbytes, time.perf_counter() - t0, len(plan))
+
+
+def broadcast_recv(group, plan: list[list[Entry]], device: torch.device | str,
+                   load: Callable[[dict[str, torch.Tensor]], None]) -> dict[str, float]:
+    """GPU path, engine side: receive each bucket of `plan` and `load` it ({name: tensor})."""
+    t0, nbytes = time.perf_counter(), 0
+    for bucket in plan:
+        flat = torch.empty(sum(_numel(s) for _, s, _ in bucket), dtype=bucket[0][2], device=device)
+        group.broadcast(flat, 0).wait()
+        nbytes += flat.numel() * flat.element_size()
+        load(unflatten(flat, bucket))
+    _synchronize(device)
+    return sync_stats(nbytes, time.perf_counter() - t0, len(plan))
+
+
+def unflatten(flat: torch.Tensor, bucket: list[Entry]) -> dict[str, torch.Tensor]:
+    out, at = {}, 0
+    for name, shape, _ in bucket:
+        n = _numel(shape)
+        out[name] = flat[at:at + n].view(shape)
+        at += n
+    return out
+
+
+def sync_stats(nbytes: int, seconds: float, buckets: int) -> dict[str, float]:
+    return {"sync/bytes": float(nbytes), "sync/seconds": seconds, "sync/buckets": float(buckets),
+            "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+
+
+def _gathered(params: list, zero3: bool):
+    if not zero3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def _synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,55 @@
+"""Settings that conflict are refused before any worker starts, with the key to change."""
+
+from omegaconf import OmegaConf
+
+from cispo.config import Config
+from cispo.config_check import value_problems
+
+
+def _cfg(**learner):
+    cfg = OmegaConf.structured(Config)
+    cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens = 100, 50
+    for k, v in learner.items():
+        cfg.learner[k] = v
+    return cfg
+
+
+def test_defaults_have_no_problems():
+    assert value_problems(OmegaConf.structured(Config)) == []
+
+
+def test_token_budget_below_the_longest_sequence_names_the_key_and_the_minimum():
+    [msg] = value_problems(_cfg(micro_batch_tokens=120))
+    assert "learner.micro_batch_tokens=120" in msg and "at least 150" in msg
+    assert value_problems(_cfg(micro_batch_tokens=150)) == []
+
+
+def test_window_schedule_counts_its_largest_window():
+    cfg = _cfg(micro_batch_tokens=150)
+    cfg.schedule.windows = [50, 80]
+    [msg] = value_problems(cfg)
+    assert "at least 180" in msg
+
+
+def test_sequence_parallel_needs_packing():
+    [msg] = value_problems(_cfg(sequence_parallel_size=2))
+    assert "learner.micro_batch_tokens" in msg
+    assert value_problems(_cfg(sequence_parallel_size=2, micro_batch_tokens=256)) == []
+
+
+def test_routing_replay_needs_padded_rows():
+    cfg = _cfg(micro_batch_tokens=256)
+    cfg.rollout.routing_replay = True
+    [msg] = value_problems(cfg)
+    assert "learner.micro_batch_tokens=0" in msg
+
+
+def test_train_refuses_before_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cispo.train", "+exp=tiny", f"run_dir={tmp_path}",
+                        "learner.micro_batch_tokens=10"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "config: learner.micro_batch_tokens=10 is smaller than the longest sequence" in r.stderr
+    assert not (tmp_path / "base_model").exists()  # nothing was built
