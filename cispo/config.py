@@ -165,7 +165,9 @@ class AlgorithmConfig:
     # 0.28 is DAPO's clip-higher value, a common starting point.
     eps_low: float = 1.0
     eps_high: float = 0.28
-    normalization: str = "token"  # divide by all unmasked tokens of the batch (M1); grpo: sample
+    # token: divide by all unmasked tokens of the batch (M1). sample: mean over each response's
+    # tokens, then over responses (grpo needs it; cispo + sample = M1's long-window variant)
+    normalization: str = "token"
     # further keyword arguments of the loss, e.g. {trust_region_mask: true} (cispo, Eq. 7) or
     # {dual_clip: 3.0} (ppo_clip); see docs/loss.md
     loss_options: dict[str, Any] = field(default_factory=dict)
@@ -175,7 +177,8 @@ class AlgorithmConfig:
     # with new prompts, up to max_sampling_rounds generation rounds per step
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 3
-    # off-policy rounds: minibatch updates per generation batch (M1: up to 16)
+    # off-policy rounds: minibatch updates per generation batch (M1: up to 16); each round's
+    # IS-weight stats are logged as is/round_<k>/{mean,min,max,clip_frac}
     num_minibatches: int = 1
     # the pi_old in r = pi/pi_old: "learner" recomputes it before the update; "rollout" uses
     # the sampling engine's log-probs (the behaviour policy)

@@ -288,7 +288,8 @@ class LearnerWorker:
         # result the gradient of the loss normalised by the whole minibatch's token count.
         per_rank_tokens = global_tokens / self.world_size
         per_rank_samples = global_samples / self.world_size
-        sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0}
+        sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0,
+                "ratio_min": float("inf")}
         batches = list(self._micro_batches(items, old))
         for k, (batch, _) in enumerate(batches):
             # the boundary is the last micro-batch, whatever their number this step
@@ -308,6 +309,7 @@ class LearnerWorker:
             sums["ratio"] += m["is_weight/mean"] * m["tokens"]
             sums["clipped"] += m["is_weight/clip_frac"] * m["tokens"]
             sums["ratio_max"] = max(sums["ratio_max"], m["is_weight/max"])
+            sums["ratio_min"] = min(sums["ratio_min"], m.get("is_weight/min", float("inf")))
         norm = self.engine.get_global_grad_norm()
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         return sums
@@ -471,6 +473,7 @@ class LearnerGroup:
                 "is_weight/mean": sum(p["ratio"] for p in parts) / t,
                 "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
                 "is_weight/max": max(p["ratio_max"] for p in parts),
+                "is_weight/min": min(p["ratio_min"] for p in parts),  # inf: no tokens
                 "grad/norm": parts[0]["grad_norm"]}
 
     def set_grad_clip(self, value: float) -> list[float]:

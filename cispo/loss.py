@@ -45,7 +45,8 @@ def policy_loss(name: str, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
 
 def _denominator(mask: torch.Tensor, normalization: str, token_count: float | None) -> torch.Tensor:
     if normalization != "token":
-        raise ValueError(f"normalization {normalization!r} is not supported; use 'token'")
+        raise ValueError(f"normalization {normalization!r} is not supported by this loss; use 'token'"
+                         " (cispo also takes 'sample')")
     # token_count: the batch's token total when this call sees only part of it (micro-batches,
     # data-parallel ranks), so every part divides by the same number.
     total = mask.sum() if token_count is None else torch.as_tensor(token_count, dtype=mask.dtype)
@@ -58,6 +59,8 @@ def _ratio_metrics(ratio: torch.Tensor, clipped: torch.Tensor, mask: torch.Tenso
         "is_weight/mean": float((ratio * mask).sum() / n),
         "is_weight/clip_frac": float((clipped * mask).sum() / n),
         "is_weight/max": float(torch.where(mask > 0, ratio, torch.zeros_like(ratio)).max()) if mask.any() else 0.0,
+        "is_weight/min": float(torch.where(mask > 0, ratio, torch.full_like(ratio, torch.inf)).min())
+        if mask.any() else float("inf"),
         "tokens": float(mask.sum()),
     }
 
@@ -74,6 +77,12 @@ def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: t
     the report's Eq. 7 mask M_it, which reproduces PPO's trust region: M=0 where Â>0 and
     r>1+eps_high, or Â<0 and r<1-eps_low (standard CISPO: off). Dropped tokens still count in
     the normaliser, as in the unified formula.
+
+    `normalization="sample"`: the variant of M1's long-window stages ("sample-level loss combined
+    with token-level normalisation", our reading): each response's loss is its token mean,
+    L_i = -1/|o_i| · Σ_t sg(r̂_it) Â_i log π_it, and the batch loss is the mean over responses
+    L = 1/N · Σ_i L_i, so a long (often failing) response weighs no more than a short one.
+    `sample_count`: the batch's number of responses when this call holds part of it.
     """
     with torch.no_grad():
         ratio = torch.exp(logprobs - old_logprobs)
@@ -82,8 +91,10 @@ def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: t
         if trust_region_mask:
             drop = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps_low))
             weight = weight * (~drop).to(weight.dtype)
-    denom = _denominator(mask, normalization, token_count)
-    loss = -(weight * advantages * logprobs * mask).sum() / denom
+    per_token = -weight * advantages * logprobs
+    if normalization == "sample":
+        return _sample_mean(per_token, mask, sample_count), _ratio_metrics(ratio, clipped, mask)
+    loss = (per_token * mask).sum() / _denominator(mask, normalization, token_count)
     return loss, _ratio_metrics(ratio, clipped, mask)
 
 

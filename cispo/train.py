@@ -7,6 +7,7 @@ One step: prompts → rollout (Ray generation workers) → rewards (sandboxed) �
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from concurrent import futures
@@ -213,8 +214,9 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
     if not items:  # every reward of the step said "skip": nothing to learn from
         log.warning("no scored samples this step; skipping the update")
         return dict.fromkeys(("loss/policy", "is_weight/mean", "is_weight/clip_frac",
-                              "is_weight/max", "grad/norm", "logprob/train_rollout_pearson",
-                              "logprob/train_rollout_abs_diff"), float("nan"))
+                              "is_weight/max", "is_weight/min", "grad/norm",
+                              "logprob/train_rollout_pearson", "logprob/train_rollout_abs_diff"),
+                             float("nan"))
     old, agree = learner.old_logprobs(items)
     if A.old_logprobs == "rollout":
         old = [it.rollout_logprobs for it in items]
@@ -223,9 +225,23 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
     mb = -(-len(items) // A.num_minibatches)
     rounds = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, kwargs)
               for k in range(0, len(items), mb)]
+    return {**merge_minibatch_rounds(rounds), **agree}
+
+
+def merge_minibatch_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The step's learner metrics over its minibatch rounds (means; IS-weight max/min over all),
+    plus each off-policy round's IS-weight stats as `is/round_<k>/...` when there are several:
+    round 0 is on-policy (r = 1 with learner-side π_old), later rounds show the drift."""
     out = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
     out["is_weight/max"] = max(r["is_weight/max"] for r in rounds)
-    return {**out, **agree}
+    if "is_weight/min" in rounds[0]:
+        out["is_weight/min"] = min(r["is_weight/min"] for r in rounds)
+    if len(rounds) > 1:
+        for k, r in enumerate(rounds):
+            for stat in ("mean", "min", "max", "clip_frac"):
+                if f"is_weight/{stat}" in r:
+                    out[f"is/round_{k}/{stat}"] = r[f"is_weight/{stat}"]
+    return {k: (float("nan") if math.isinf(v) else v) for k, v in out.items()}  # inf: no tokens
 
 
 def states(p: Parts) -> dict:

@@ -60,3 +60,31 @@ def test_advantages_are_shift_invariant_and_zero_for_equal_groups(rs, name):
     assert torch.allclose(a, b, atol=1e-9)
     flat = compute_advantages(name, torch.full((4,), rs[0], dtype=torch.float64), group_size=4)
     assert torch.all(flat.abs() < 1e-12)  # rloo: (4x − x)/3 − x rounds to ~1e-17, not 0
+
+
+@pytest.mark.parametrize("name", ["group_norm", "group_mean", "rloo"])
+def test_fully_skipped_group_and_extreme_rewards_stay_finite(name):
+    # group 0: every sample skipped (the "empty mask" of estimators) -> all 0, no NaN
+    r = torch.tensor([3.0, 1.0, 2.0, 1e12, -1e12, 0.0, 1e-9, 0.0, 0.0], dtype=torch.float64)
+    valid = torch.tensor([False] * 3 + [True] * 6)
+    a = compute_advantages(name, r, group_size=3, valid=valid)
+    assert torch.all(torch.isfinite(a)) and torch.all(a[:3] == 0)
+    assert a[3] > 0 > a[4]  # huge rewards keep their order
+    assert a[6] > 0  # a 1e-9 difference still counts (group_norm: divided by std + eps)
+
+
+@given(st.lists(st.floats(-1e3, 1e3), min_size=5, max_size=5))
+def test_estimators_zero_sum_and_scale_properties(rs):
+    """Property: every estimator's advantages sum to 0 in a group; rloo = G/(G-1) · group_mean;
+    group_norm has population std 1 when the rewards' std is far above eps."""
+    r = torch.tensor(rs, dtype=torch.float64)
+    gm = compute_advantages("group_mean", r, group_size=5)
+    lo = compute_advantages("rloo", r, group_size=5)
+    gn = compute_advantages("group_norm", r, group_size=5, eps=1e-12)
+    scale = max(1.0, r.abs().max().item())
+    for a in (gm, lo):
+        assert abs(a.sum().item()) < 1e-9 * scale
+    assert torch.allclose(lo, gm * 5 / 4, atol=1e-9 * scale)
+    if r.std(unbiased=False) > 1e-3:
+        assert abs(gn.sum().item()) < 1e-6
+        assert gn.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-6)
