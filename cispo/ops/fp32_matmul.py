@@ -14,16 +14,17 @@ import torch
 
 
 @contextlib.contextmanager
-def no_tf32():
-    """Within the block, CUDA float32 matmuls run in IEEE FP32 and autocast is off."""
+def matmul_precision(allow_tf32: bool):
+    """Within the block, CUDA float32 matmuls run in IEEE FP32 (or may use TF32 tensor cores) and
+    autocast is off."""
     mm = torch.backends.cuda.matmul
     new_api = hasattr(mm, "fp32_precision")  # torch ≥ 2.9; mixing the two APIs raises there
     saved = mm.fp32_precision if new_api else mm.allow_tf32
     try:
         if new_api:
-            mm.fp32_precision = "ieee"
+            mm.fp32_precision = "tf32" if allow_tf32 else "ieee"
         else:
-            mm.allow_tf32 = False
+            mm.allow_tf32 = allow_tf32
         with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             yield
     finally:
@@ -31,6 +32,16 @@ def no_tf32():
             mm.fp32_precision = saved
         else:
             mm.allow_tf32 = saved
+
+
+def no_tf32():
+    """IEEE FP32 matmuls within the block (autocast off)."""
+    return matmul_precision(False)
+
+
+def tf32():
+    """TF32 tensor-core matmuls allowed within the block (autocast off)."""
+    return matmul_precision(True)
 
 
 class _FP32Linear(torch.autograd.Function):
@@ -68,26 +79,6 @@ def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     Gradients come back in each input's own dtype.
     """
     return _FP32Linear.apply(x, weight, bias)
-
-
-@contextlib.contextmanager
-def tf32():
-    """Within the block, CUDA float32 matmuls may use TF32 tensor cores (autocast off)."""
-    mm = torch.backends.cuda.matmul
-    new_api = hasattr(mm, "fp32_precision")
-    saved = mm.fp32_precision if new_api else mm.allow_tf32
-    try:
-        if new_api:
-            mm.fp32_precision = "tf32"
-        else:
-            mm.allow_tf32 = True
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            yield
-    finally:
-        if new_api:
-            mm.fp32_precision = saved
-        else:
-            mm.allow_tf32 = saved
 
 
 def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
