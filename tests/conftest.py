@@ -27,6 +27,9 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # one Ray for the whole session, sized for the largest test (2 learner ranks + engines); a
+    # test must not shut it down: a later ray.remote would start a default Ray of this
+    # machine's 2 CPUs, where that test's actors wait for CPUs forever
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -23,16 +23,6 @@ def tiny_model(tmp_path_factory):
     return prepare(OmegaConf.structured(ModelConfig), tmp_path_factory.mktemp("judge"))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():  # the deferred-start test may have started it
-        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def cfg(model: str, mode: str, on_unparsed: str) -> NS:
     opts = {"model": model, "mode": mode, "on_unparsed": on_unparsed, "max_new_tokens": 6,
             "max_prompt_tokens": 64, "temperature": 1.0, "timeout_s": 120}
@@ -58,11 +48,14 @@ def test_judge_starts_on_first_call_when_the_manager_is_built_before_ray(tiny_mo
                             f"{__file__}::{name}"], capture_output=True, text=True, timeout=600)
         assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout[-3000:]
         return
-    with RewardManager(cfg(tiny_model, "pairwise", "skip")) as mgr:
-        assert genrm._actor is None and not ray.is_initialized()
-        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)  # train.py's turn
-        scores, m = mgr.score(ITEMS[:2])
-        assert genrm._actor is not None
+    try:
+        with RewardManager(cfg(tiny_model, "pairwise", "skip")) as mgr:
+            assert genrm._actor is None and not ray.is_initialized()
+            ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)  # train.py's turn
+            scores, m = mgr.score(ITEMS[:2])
+            assert genrm._actor is not None
+    finally:  # the session's `ray_local` (conftest) starts the Ray the later tests size for
+        ray.shutdown()
     assert len(scores) == 2 and m["reward/genrm/errors"] == 0.0
 
 
