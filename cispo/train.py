@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> None:
             if pending is not None:  # engines finish step k+1 before they take the new weights
                 futures.wait([pending])
             t3 = time.monotonic()
-            sync_metrics = sync(p, cfg)                                               # 6. sync
+            sync_metrics = sync(p.learner, p.rollout, cfg)                            # 6. sync
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
                 apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
@@ -125,10 +125,10 @@ def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
     return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version)
 
 
-def sync(p: Parts, cfg: DictConfig) -> dict[str, float]:
+def sync(learner: LearnerGroup, rollout: RolloutManager, cfg: DictConfig) -> dict[str, float]:
     """The learner's weights to every engine, gathered and shipped bucket by bucket."""
-    refs, stats = p.learner.weight_buckets(cfg.rollout.sync_bucket_mb)
-    return {**stats, "sync/load_s": p.rollout.sync_weights(refs)}
+    refs, stats = learner.weight_buckets(cfg.rollout.sync_bucket_mb)
+    return {**stats, "sync/load_s": rollout.sync_weights(refs)}
 
 
 def build(cfg: DictConfig) -> Parts:
@@ -170,8 +170,7 @@ def build(cfg: DictConfig) -> Parts:
         # the learner's recomputation would be the current policy, one update newer
         log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
         cfg.algorithm.old_logprobs = "rollout"
-    refs, _ = learner.weight_buckets(cfg.rollout.sync_bucket_mb)
-    rollout.sync_weights(refs)
+    sync(learner, rollout, cfg)
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
@@ -234,13 +233,11 @@ def merge_minibatch_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     round 0 is on-policy (r = 1 with learner-side π_old), later rounds show the drift."""
     out = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
     out["is_weight/max"] = max(r["is_weight/max"] for r in rounds)
-    if "is_weight/min" in rounds[0]:
-        out["is_weight/min"] = min(r["is_weight/min"] for r in rounds)
+    out["is_weight/min"] = min(r["is_weight/min"] for r in rounds)
     if len(rounds) > 1:
         for k, r in enumerate(rounds):
             for stat in ("mean", "min", "max", "clip_frac"):
-                if f"is_weight/{stat}" in r:
-                    out[f"is/round_{k}/{stat}"] = r[f"is_weight/{stat}"]
+                out[f"is/round_{k}/{stat}"] = r[f"is_weight/{stat}"]
     return {k: (float("nan") if math.isinf(v) else v) for k, v in out.items()}  # inf: no tokens
 
 
