@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from zero3_config import zero3_bench_config  # bench/, first on sys.path
 
 from cispo.models.fp32_head import apply_fp32_head, enable_token_scoring
 from cispo.models.lightning import patch_lightning_attention
@@ -95,15 +96,7 @@ def throughput(a):
 
     model = build()
     n_params = sum(p.numel() for p in model.parameters())
-    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-          "bf16": {"enabled": True}, "gradient_clipping": 1.0,
-          "zero_optimization": {"stage": 3, "overlap_comm": True},
-          "optimizer": {"type": "AdamW", "params": {"lr": 1e-6, "betas": [0.9, 0.95], "eps": 1e-15,
-                                                    "torch_adam": True}},
-          "steps_per_print": 10**9}
-    if a.autoep:
-        ds["expert_parallel"] = {"enabled": True, "autoep_size": a.autoep, "preset_model": "mixtral",
-                                 "moe_layer_pattern": r"model\.layers\.\d+\.mlp"}
+    ds = zero3_bench_config(a.autoep)
     autoep_note = "off"
     try:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)

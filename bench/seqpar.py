@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from zero3_config import zero3_bench_config  # bench/, first on sys.path
 
 from cispo import seqpar
 from cispo.seqpar.comm import COMM_LABEL
@@ -105,15 +106,7 @@ def check(a, rank, device):
 def _engine(model, autoep):
     import deepspeed
 
-    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-          "bf16": {"enabled": True}, "gradient_clipping": 1.0,
-          "zero_optimization": {"stage": 3, "overlap_comm": True},
-          "optimizer": {"type": "AdamW", "params": {"lr": 1e-6, "betas": [0.9, 0.95], "eps": 1e-15,
-                                                    "torch_adam": True}},
-          "steps_per_print": 10**9}
-    if autoep:
-        ds["expert_parallel"] = {"enabled": True, "autoep_size": autoep, "preset_model": "mixtral",
-                                 "moe_layer_pattern": r"model\.layers\.\d+\.mlp"}
+    ds = zero3_bench_config(autoep)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     return engine
 
