@@ -378,7 +378,7 @@ class LearnerWorker:
         (refs, bytes/seconds stats) on rank 0, None elsewhere; call on all ranks together."""
         import time
 
-        from cispo.weight_sync import sync_stats, to_object_store
+        from cispo.weight_sync import plan_buckets, sync_stats, to_object_store
 
         if self.zero_stage == 3 and self.expert_parallel_size:
             # AutoEP's layers hold experts in their own layout, split over expert groups: the
@@ -388,14 +388,9 @@ class LearnerWorker:
             sd = self._gather_autoep_state_dict()
             if self.rank != 0:
                 return None
-            limit, refs, bucket, size, nbytes = int(bucket_mb * 2**20), [], {}, 0, 0
-            for name, t in sd.items():
-                if bucket and size + t.nbytes > limit:
-                    refs.append(ray.put(bucket))
-                    bucket, size = {}, 0
-                bucket[name], size, nbytes = t, size + t.nbytes, nbytes + t.nbytes
-            if bucket:
-                refs.append(ray.put(bucket))
+            plan = plan_buckets([(n, tuple(t.shape), t.dtype) for n, t in sd.items()], int(bucket_mb * 2**20))
+            refs = [ray.put({n: sd[n] for n, _, _ in bucket}) for bucket in plan]
+            nbytes = sum(t.nbytes for t in sd.values())
             return refs, sync_stats(nbytes, time.perf_counter() - t0, len(refs))
         out = to_object_store(self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
                               self.rank == 0, ray.put)
