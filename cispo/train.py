@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from cispo import checkpoint, data, sampling
 from cispo.advantages import compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
-from cispo.config_check import value_problems
+from cispo.config_check import resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.models.build import load_tokenizer, prepare
@@ -138,6 +138,7 @@ def build(cfg: DictConfig) -> Parts:
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
     if problems := value_problems(cfg):
         sys.exit("config: " + "\nconfig: ".join(problems))
+    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
     state = checkpoint.read_state(ckpt) if ckpt else {}
@@ -156,15 +157,15 @@ def build(cfg: DictConfig) -> Parts:
     if state.get("schedule"):
         sched.load_state_dict(state["schedule"])
     apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
-    start_ray(cfg)
     per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
-    learner = LearnerGroup(cfg.learner, cfg.model, model_path, per_minibatch, cfg.rollout.temperature)
+    learner = LearnerGroup(cfg.learner, cfg.parallel, cfg.model, model_path, per_minibatch,
+                           cfg.rollout.temperature)
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
-                             (cfg.parallel.rollout_tensor_parallel, cfg.parallel.rollout_pipeline_parallel))
+                             cfg.parallel)
     if cfg.rollout.async_generation and cfg.algorithm.old_logprobs != "rollout":
         # one step off-policy: π_old must be the policy that sampled (the engine's log-probs);
         # the learner's recomputation would be the current policy, one update newer
@@ -282,15 +283,19 @@ def summary(run_dir: Path) -> str:
 
 
 def start_ray(cfg: DictConfig) -> None:
-    if ray.is_initialized():
-        return
-    if cfg.ray.address:
+    """Join the cluster (`ray.address`) or start a local Ray sized for the run's actors; exit
+    with what is missing if Ray lacks the GPUs they ask for (they would wait forever)."""
+    if not ray.is_initialized() and not cfg.ray.address:  # check before starting anything
+        if problems := resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)"):
+            sys.exit("resources: " + problems[0])
+        r, lr = cfg.rollout, cfg.learner
+        need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker
+        ray.init(num_cpus=cfg.ray.num_cpus or max(int(need + 0.999), 1), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    elif not ray.is_initialized():
         ray.init(address=cfg.ray.address, log_to_driver=True)
-        return
-    r, lr = cfg.rollout, cfg.learner
-    need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker
-    ray.init(num_cpus=cfg.ray.num_cpus or max(int(need + 0.999), 1), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    if problems := resource_problems(cfg, ray.cluster_resources().get("GPU", 0), "the Ray cluster"):
+        sys.exit("resources: " + problems[0])
 
 
 def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
