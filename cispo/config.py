@@ -172,6 +172,9 @@ class AlgorithmConfig:
     # {dual_clip: 3.0} (ppo_clip); see docs/loss.md
     loss_options: dict[str, Any] = field(default_factory=dict)
     advantage: str = "group_norm"  # registry name (cispo.advantages)
+    # .py files whose @register_loss / @register_advantage functions are registered before the
+    # run starts, in the driver and in every learner rank (their text is sent to the ranks)
+    modules: list[str] = field(default_factory=list)
     advantage_eps: float = 1e-6  # added to the group std
     # DAPO's dynamic sampling (M1 uses it): drop groups whose rewards are all equal and refill
     # with new prompts, up to max_sampling_rounds generation rounds per step

@@ -44,6 +44,11 @@ def valid_keys(dotted: str) -> tuple[str, list[str]]:
     return ".".join(parent), sorted(str(k) for k in node.keys())
 
 
+def _declared(dotted: str) -> bool:
+    parent, keys = valid_keys(dotted)
+    return parent == ".".join(dotted.split(".")[:-1]) and dotted.split(".")[-1] in keys
+
+
 def explain(dotted: str) -> str:
     parent, keys = valid_keys(dotted)
     leaf = dotted.split(".")[len(parent.split(".")) if parent else 0]
@@ -64,8 +69,10 @@ def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> None:
             compose(config_name, overrides=overrides)
     except Exception as exc:  # hydra wraps omegaconf's errors in several layers
         key = _unknown_key(exc)
-        if key is None:
-            return  # some other problem: let Hydra report it in its own words
+        if key is None or _declared(key.lstrip("+~")):
+            # some other problem (e.g. setting keys in an empty dict without `+`): let Hydra
+            # report it in its own words
+            return
         print(explain(key.lstrip("+~")), file=sys.stderr)
         sys.exit(2)
 

@@ -144,6 +144,10 @@ class LearnerWorker:
         if not gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         setup_actor(cfg["torch_threads"])
+        from cispo.user_modules import load_source
+
+        for name, source, path in cfg.get("modules", []):  # algorithm.modules: users' losses
+            load_source(name, source, path)
         import deepspeed
 
         from cispo.models.build import load_model, load_tokenizer
@@ -435,9 +439,11 @@ def micro_batches_per_step(learner: Any, samples_per_minibatch: int) -> int:
 
 class LearnerGroup:
     def __init__(self, cfg: Any, parallel: Any, model_cfg: Any, model_path: str,
-                 samples_per_minibatch: int, temperature: float):
-        """`cfg`: the `learner` config group, `parallel`: the `parallel` group (the layout)."""
-        wcfg = worker_config(cfg, parallel, model_cfg)
+                 samples_per_minibatch: int, temperature: float, modules: list | tuple = ()):
+        """`cfg`: the `learner` config group, `parallel`: the `parallel` group (the layout);
+        `modules`: users' loss files as (module name, source, path) (`cispo.user_modules.read`),
+        imported by every rank before it builds its engine."""
+        wcfg = {**worker_config(cfg, parallel, model_cfg), "modules": [list(m) for m in modules]}
         self.layout: RankLayout = learner_layout(cfg, parallel)
         self.W, self.sp = self.layout.ranks, self.layout.sequence_parallel
         self.n_micro = micro_batches_per_step(cfg, samples_per_minibatch)

@@ -21,12 +21,13 @@ import ray
 import torch
 from omegaconf import DictConfig
 
-from cispo import checkpoint, data, sampling
-from cispo.advantages import compute_advantages, zero_variance_fraction
+from cispo import checkpoint, data, sampling, user_modules
+from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
 from cispo.config_check import resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
+from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
@@ -138,6 +139,7 @@ def build(cfg: DictConfig) -> Parts:
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
     if problems := value_problems(cfg):
         sys.exit("config: " + "\nconfig: ".join(problems))
+    modules = algorithm_modules(cfg.algorithm)  # users' losses: here, and in every learner rank
     start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
@@ -159,7 +161,7 @@ def build(cfg: DictConfig) -> Parts:
     apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
     per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
     learner = LearnerGroup(cfg.learner, cfg.parallel, cfg.model, model_path, per_minibatch,
-                           cfg.rollout.temperature)
+                           cfg.rollout.temperature, modules)
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
@@ -176,6 +178,24 @@ def build(cfg: DictConfig) -> Parts:
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
     return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched)
+
+
+def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
+    """Import `algorithm.modules` (users' @register_loss / @register_advantage files) and check
+    that `algorithm.loss` and `algorithm.advantage` name registered functions. Returns the files
+    as (module name, source, path) for the learner ranks, which import them too."""
+    try:
+        mods = user_modules.read(list(A.modules), "cispo_user_algorithm", "algorithm.modules")
+    except FileNotFoundError as e:
+        sys.exit(f"config: {e}")
+    for m in mods:
+        user_modules.load_source(*m)
+    for key, name, registry in (("loss", A.loss, LOSSES), ("advantage", A.advantage, ADVANTAGES)):
+        if name not in registry:
+            sys.exit(f"config: algorithm.{key}={name!r} is not registered (registered: "
+                     f"{', '.join(sorted(registry))}); a {key} of your own goes in a file listed "
+                     f"in algorithm.modules")
+    return mods
 
 
 def make_stream(cfg: DictConfig, tokenizer):

@@ -73,3 +73,16 @@ def test_head_settings_need_the_fp32_head():
     cfg.model.fp32_lm_head = False
     [msg] = value_problems(cfg)
     assert "parallel.head_chunk_tokens=1024" in msg and "model.fp32_lm_head=true" in msg
+
+
+def test_a_declared_key_is_not_called_unknown(tmp_path):
+    """Setting an empty dict's keys needs Hydra's `+`; that error is Hydra's to explain, not
+    "unknown key 'algorithm.loss_options'. Did you mean 'algorithm.loss_options'?"."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cispo.train", "+exp=tiny", f"run_dir={tmp_path}",
+                        "algorithm.loss_options={trust_region_mask: true}"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "Unknown config key" not in r.stderr
+    assert "+algorithm.loss_options" in r.stderr  # Hydra's hint
