@@ -49,7 +49,9 @@ def main(cfg: DictConfig) -> None:
     # async: the rollout of step k+1 runs in a thread (Ray calls + reward scoring) while the
     # learner trains on step k; it samples from the weights synced before step k's update.
     ahead = ThreadPoolExecutor(1, "rollout") if cfg.rollout.async_generation else None
-    pending = ahead.submit(rollout_step, p, cfg, p.start) if ahead and p.start < total else None
+    pending = None
+    if ahead and p.start < total:  # resumed: the rollout the checkpoint kept, else a new one
+        pending = done(p.resumed) if p.resumed else ahead.submit(rollout_step, p, cfg, p.start)
     with Progress(total, p.start, cfg.logging.progress) as bar:
         for step in range(p.start, total):
             t0 = time.monotonic()
@@ -73,7 +75,7 @@ def main(cfg: DictConfig) -> None:
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
                 apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
-                       **stage_metrics, **p.stream.metrics(), **sync_metrics,
+                       **stage_metrics, **ro.data_metrics, **sync_metrics,
                        **sample_metrics(samples, rewards, valid, G),
                        "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": ro.seconds,
                        "time/rollout_wait_s": t_wait,
@@ -85,7 +87,8 @@ def main(cfg: DictConfig) -> None:
             p.logger.log(step, metrics)
             bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                checkpoint.save(p.learner, p.run_dir, step + 1, states(p))
+                next_ro = pending.result() if pending is not None else None  # done: waited above
+                checkpoint.save(p.learner, p.run_dir, step + 1, states(p, next_ro), kept(p, next_ro))
     if ahead is not None:
         ahead.shutdown()
     finish(cfg, p)
@@ -103,6 +106,7 @@ class Parts:
     rollout: RolloutManager
     logger: RunLogger
     schedule: WindowSchedule
+    resumed: Rollout | None = None  # async resume: step `start`'s rollout, from the checkpoint
 
 
 @dataclass
@@ -114,16 +118,20 @@ class Rollout:
     reward_metrics: dict
     seconds: float
     version: int  # the weight sync the engines held while sampling
+    data_before: dict  # the prompt stream's position before this rollout drew its prompts
+    data_after: dict  # ... and after
+    data_metrics: dict  # the stream's metrics for these prompts (epoch, mix shares)
 
 
 def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
     """Prompts → G responses each → rewards (with dynamic sampling's refills)."""
-    t0, version, rounds = time.monotonic(), p.rollout.version, []
+    t0, version, rounds, before = time.monotonic(), p.rollout.version, [], p.stream.state()
     groups, metrics = sampling.collect(
         cfg.rollout.prompts_per_step, partial(p.stream.next_batch, step=step), partial(generate, p, step),
         partial(score, p, cfg, rounds), cfg.rollout.group_size, cfg.algorithm.dynamic_sampling,
         cfg.algorithm.max_sampling_rounds)
-    return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version)
+    return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version, before,
+                   p.stream.state(), p.stream.metrics())
 
 
 def sync(learner: LearnerGroup, rollout: RolloutManager, cfg: DictConfig) -> dict[str, float]:
@@ -162,9 +170,12 @@ def build(cfg: DictConfig) -> Parts:
     per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
     learner = LearnerGroup(cfg.learner, cfg.parallel, cfg.model, model_path, per_minibatch,
                            cfg.rollout.temperature, modules)
+    resumed = None
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
+        if cfg.rollout.async_generation and (resumed := checkpoint.read_kept(ckpt)):
+            stream.load_state(resumed["rollout"].data_after)  # its prompts are drawn already
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
                              cfg.parallel)
@@ -174,10 +185,13 @@ def build(cfg: DictConfig) -> Parts:
         log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
         cfg.algorithm.old_logprobs = "rollout"
     sync(learner, rollout, cfg)
+    if resumed:  # sampled `behind` syncs before the checkpoint's weights, as in the killed run
+        resumed["rollout"].version = rollout.version - resumed["behind"]
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
-    return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched)
+    return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched,
+                 resumed and resumed["rollout"])
 
 
 def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
@@ -262,9 +276,24 @@ def merge_minibatch_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: (float("nan") if math.isinf(v) else v) for k, v in out.items()}  # inf: no tokens
 
 
-def states(p: Parts) -> dict:
-    """What a checkpoint keeps besides the learner: data position and window schedule."""
-    return {"data": p.stream.state(), "schedule": p.schedule.state_dict()}
+def states(p: Parts, next_ro: Rollout | None = None) -> dict:
+    """What a checkpoint keeps besides the learner: the position after the prompts consumed so
+    far, and the window schedule. With async generation the next step's rollout has already
+    drawn its prompts (`next_ro`); they are not consumed yet, so the position is the one before."""
+    data = next_ro.data_before if next_ro is not None else p.stream.state()
+    return {"data": data, "schedule": p.schedule.state_dict()}
+
+
+def kept(p: Parts, next_ro: Rollout | None) -> dict | None:
+    """The next step's finished rollout, for an exact async resume: it was sampled with weights
+    one sync older than the checkpoint's, which the checkpoint does not hold."""
+    return None if next_ro is None else {"rollout": next_ro, "behind": p.rollout.version - next_ro.version}
+
+
+def done(result) -> futures.Future:
+    f: futures.Future = futures.Future()
+    f.set_result(result)
+    return f
 
 
 def finish(cfg: DictConfig, p: Parts) -> None:
