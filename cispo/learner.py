@@ -175,9 +175,9 @@ class LearnerWorker:
             self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
         for key, attr, off in (("head_precision", "precision", "ieee"), ("head_chunk_tokens", "chunk_tokens", 0)):
-            if cfg.get(key, off) != off:
+            if cfg.get(key, off) != off:  # learner.head_precision, parallel.head_chunk_tokens
                 if not hasattr(head, attr):
-                    raise ValueError(f"{key} applies to the FP32 head (model.fp32_lm_head=true)")
+                    raise ValueError(f"{key}={cfg[key]} applies to the FP32 head (model.fp32_lm_head=true)")
                 setattr(head, attr, cfg[key])
         self.micro_batch_tokens = cfg["micro_batch_tokens"]
         self.expert_parallel = cfg["expert_parallel"]
