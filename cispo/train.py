@@ -38,6 +38,7 @@ from sandboxes.engine import DockerUnavailable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("cispo.train")
+NODES_WAIT_S = 600.0  # a joined cluster's nodes may still be starting (KubeRay pods)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -343,8 +344,12 @@ def start_ray(cfg: DictConfig) -> None:
                  log_to_driver=True, configure_logging=False)
     elif not ray.is_initialized():
         ray.init(address=cfg.ray.address, log_to_driver=True)
-    if problems := resource_problems(cfg, ray.cluster_resources().get("GPU", 0), "the Ray cluster"):
-        sys.exit("resources: " + problems[0])
+    deadline = time.monotonic() + (NODES_WAIT_S if cfg.ray.address else 0)
+    while problems := resource_problems(cfg, ray.cluster_resources().get("GPU", 0), "the Ray cluster"):
+        if time.monotonic() >= deadline:
+            sys.exit("resources: " + problems[0])
+        log.info("waiting for nodes to join: %s", problems[0])
+        time.sleep(10)
 
 
 def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:

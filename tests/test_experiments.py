@@ -101,3 +101,12 @@ def test_m1_80k_command_stops_where_it_needs_the_cluster(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("resources: this run needs 512 GPUs")
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "base_model").exists()  # nothing was downloaded or built
+
+
+def test_a_joined_cluster_without_the_gpus_is_one_message(ray_local, monkeypatch):
+    import cispo.train as train
+
+    cfg = config("+exp=small_gpu", "ray.address=auto")  # asks for 0.5 + 0.5 GPU; this Ray has none
+    monkeypatch.setattr(train, "NODES_WAIT_S", 0.0)  # no nodes are coming
+    with pytest.raises(SystemExit, match=r"resources: this run needs 1 GPUs .*the Ray cluster has 0: add GPU nodes"):
+        train.start_ray(cfg)
