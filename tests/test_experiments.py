@@ -30,8 +30,11 @@ def test_the_experiments_are_all_here():
 
 @pytest.mark.parametrize("exp", EXPS)
 def test_experiment_passes_the_start_up_checks_and_plans(exp):
-    cfg = config(f"+exp={exp}")
+    from cispo.train import algorithm_modules
+
+    cfg = config(f"+exp={exp}")  # composing checks every key against the schema
     assert value_problems(cfg) == []
+    assert algorithm_modules(cfg.algorithm) == []  # its loss and advantage are registered
     assert build_plan(cfg)["fits"]
 
 
