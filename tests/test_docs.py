@@ -48,7 +48,7 @@ def test_docs_and_configs_point_only_inside_the_repository():
              *(ROOT / "launch").rglob("*"), *(ROOT / "cispo").rglob("*.py"), *(ROOT / "rollout").rglob("*.py"),
              *(ROOT / "rewards").rglob("*.py"), *(ROOT / "sandboxes").rglob("*.py")]
     bad = [str(f.relative_to(ROOT)) for f in files
-           if f.is_file() and re.search(r"shared/DESIGN|\bDESIGN\.md", f.read_text(errors="ignore"))]
+           if f.is_file() and re.search(r"shared[/]DESIGN|\bDESIGN\.md", f.read_text(errors="ignore"))]
     assert not bad, f"these point at the developers' DESIGN.md, not docs/design.md: {bad}"
     named = set(re.findall(r"\bdocs/([\w.-]+\.md)", (ROOT / "README.md").read_text()))
     assert "design.md" in named and all((DOCS / n).exists() for n in named), named
