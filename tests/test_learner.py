@@ -15,7 +15,7 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-from cispo.config import LearnerConfig, ModelConfig
+from cispo.config import LearnerConfig, ModelConfig, ParallelConfig
 from cispo.learner import LearnerGroup, TrainItem
 
 
@@ -29,10 +29,11 @@ def _items(n: int, seed: int = 0) -> list[TrainItem]:
     return out
 
 
-def _run(world: int, path: str, items: list[TrainItem], **learner) -> dict:
+def _run(world: int, path: str, items: list[TrainItem], **parallel) -> dict:
     cfg = OmegaConf.structured(LearnerConfig(num_workers=world, zero_stage=3, micro_batch_size=4,
-                                             lr=1e-2, torch_threads=1, num_cpus_per_worker=1, **learner))
-    group = LearnerGroup(cfg, OmegaConf.structured(ModelConfig), path, len(items), 1.0)
+                                             lr=1e-2, torch_threads=1, num_cpus_per_worker=1))
+    group = LearnerGroup(cfg, OmegaConf.structured(ParallelConfig(**parallel)),
+                         OmegaConf.structured(ModelConfig), path, len(items), 1.0)
     try:
         old, agree = group.old_logprobs(items)
         metrics = [group.train_minibatch(items, old, "cispo", {"eps_low": 1.0, "eps_high": 0.28})]
@@ -69,18 +70,18 @@ def one_rank(ray_local, tiny_model_path):
     return _run(1, tiny_model_path, ITEMS)
 
 
-@pytest.mark.parametrize("learner", [
+@pytest.mark.parametrize("parallel", [
     # 40-token budget: 2-4 packed micro-batches per rank, unequal counts (the ranks agree on the max)
-    {"expert_parallel_size": 2, "micro_batch_tokens": 40},
+    {"expert_parallel": 2, "micro_batch_tokens": 40},
     {},
     # both ranks share every packed row, each computing half of it (cispo.seqpar)
-    {"sequence_parallel_size": 2, "expert_parallel_size": 2, "micro_batch_tokens": 40},
+    {"sequence_parallel": 2, "expert_parallel": 2, "micro_batch_tokens": 40},
 ], ids=["autoep2_packed", "rows", "sp2_autoep2_packed"])
-def test_two_rank_zero3_steps_match_one_rank(one_rank, tiny_model_path, learner):
+def test_two_rank_zero3_steps_match_one_rank(one_rank, tiny_model_path, parallel):
     from cispo.models.build import load_model
 
-    two = _run(2, tiny_model_path, ITEMS, **learner)
-    ep = learner.get("expert_parallel_size", 0)
+    two = _run(2, tiny_model_path, ITEMS, **parallel)
+    ep = parallel.get("expert_parallel", 0)
     n_layers, n_experts = ModelConfig().tiny.num_layers, ModelConfig().tiny.num_experts
     # AutoEP did replace every MoE block, each rank computing its half of the experts
     assert two["layout"] == [{"autoep_layers": n_layers if ep else 0,
