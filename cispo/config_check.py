@@ -84,4 +84,19 @@ def value_problems(cfg) -> list[str]:
         problems.append("learner.sequence_parallel_size > 1 splits packed rows: set learner.micro_batch_tokens")
     if cfg.rollout.routing_replay and L.micro_batch_tokens:
         problems.append("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+    problems += _size_problems(cfg)
     return problems
+
+
+def _size_problems(cfg) -> list[str]:
+    """Memory sizes that do not parse (MB, or Docker's syntax: sandboxes.sizes)."""
+    from sandboxes.sizes import memory_mb
+
+    out = []
+    for key, value in (("sandbox.memory_mb", cfg.sandbox.memory_mb),
+                       ("reward.worker_memory_mb", cfg.reward.worker_memory_mb)):
+        try:
+            memory_mb(value, key)
+        except ValueError as e:
+            out.append(str(e))
+    return out
