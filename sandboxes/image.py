@@ -32,7 +32,10 @@ SUITE = "bookworm"
 # Full python3 (not python3-minimal): math-verify/sympy need the standard library's full set.
 BASE_PACKAGES = ("python3", "python3-pytest", "git", "patch", "ca-certificates")
 # Scorers that run inside the sandbox (pure-Python wheels; pinned for reproducible verdicts).
-PIP_PACKAGES = ("math-verify==0.9.0",)
+# The antlr4_9_3 extra: the LaTeX parser on the same ANTLR runtime as the host's venv (where
+# hydra/omegaconf need 4.9.*), so both sandbox backends parse alike, and pip's post-install check
+# (which compares this --target install with the host environment) finds no conflict.
+PIP_PACKAGES = ("math-verify[antlr4_9_3]==0.9.0",)
 SANDBOX_UID = 10001  # the unprivileged user sandboxed code runs as
 BUILD_SPEC_VERSION = 1  # bump when the build recipe below changes
 
