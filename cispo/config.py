@@ -117,7 +117,8 @@ class SandboxConfig:
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"  # built by `python -m sandboxes.image build`
     num_workers: int = 2  # warm scoring workers (containers)
-    memory_mb: int = 512  # memory = memory+swap limit per worker
+    # memory = memory+swap limit per worker: MB (512), or Docker's size syntax (512m, 1g, 2GiB)
+    memory_mb: Any = 512
     cpus: float = 1.0  # CPU quota per worker
     pids_limit: int = 64
     verdict_timeout_s: float = 10.0  # wall clock per verdict; over it the worker is killed+replaced
@@ -153,7 +154,8 @@ class RewardConfig:
     # reward function as keyword arguments (and to its setup hook)
     options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 2  # worker processes for process-isolated rewards (killed at timeout_s)
-    worker_memory_mb: int = 8192  # address-space limit per worker process; 0 = none
+    # address-space limit per worker process: MB or Docker's size syntax (8g); 0 = none
+    worker_memory_mb: Any = 8192
     length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)
 
 

@@ -96,6 +96,7 @@ def value_problems(cfg) -> list[str]:
                                 ("learner.head_precision", cfg.learner.head_precision, "ieee")):
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
+    problems += _size_problems(cfg)
     return problems
 
 
@@ -115,3 +116,17 @@ def resource_problems(cfg, gpus_available: float, where: str) -> list[str]:
     return [f"this run needs {need:g} GPUs (learner: {L.num_workers} ranks x {L.num_gpus_per_worker:g}; "
             f"engines: {engines}); {where} has {gpus_available:g}: {fix}. "
             f"`plan=true` shows where everything goes"]
+
+
+def _size_problems(cfg) -> list[str]:
+    """Memory sizes that do not parse (MB, or Docker's syntax: sandboxes.sizes)."""
+    from sandboxes.sizes import memory_mb
+
+    out = []
+    for key, value in (("sandbox.memory_mb", cfg.sandbox.memory_mb),
+                       ("reward.worker_memory_mb", cfg.reward.worker_memory_mb)):
+        try:
+            memory_mb(value, key)
+        except ValueError as e:
+            out.append(str(e))
+    return out

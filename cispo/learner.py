@@ -358,20 +358,39 @@ class LearnerWorker:
 
     def _gather_autoep_state_dict(self) -> dict[str, torch.Tensor]:
         """ZeRO-3 + AutoEP: DeepSpeed refuses its consolidated export (expert tensors are
-        partitioned over expert groups), so gather each parameter here and map AutoEP's layers
-        back to transformers' layout: router.gate.weight → gate.weight, and per layer the
-        experts of all EP ranks (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I])
-        → experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
-        experts.down_proj [E, H, I]."""
-        import deepspeed.comm as dist
+        partitioned over expert groups), so gather each parameter here (`full_tensors`) and add
+        the persistent buffers."""
         from deepspeed.runtime.zero import GatheredParameters
+
+        def weights(p: torch.nn.Parameter) -> torch.Tensor:
+            with GatheredParameters([p], modifier_rank=None):
+                return p.data.detach().to("cpu", copy=True)
+
+        full = self.full_tensors(weights)
+        module = self.engine.module
+        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
+            for bname, b in owner.named_buffers(recurse=False):
+                name = f"{owner_name}.{bname}" if owner_name else bname
+                if bname in owner._non_persistent_buffers_set or type(owner).__name__ == "AutoEPMoELayer":
+                    continue
+                full[name] = b.detach().to("cpu", copy=True)
+        return full
+
+    def full_tensors(self, fetch) -> dict[str, torch.Tensor]:
+        """Every parameter's whole tensor (CPU) in transformers' names and layout; `fetch(p)` gives
+        p's tensor gathered over its ZeRO partition group, a copy the caller may keep (its weights,
+        or its reduced gradient: `deepspeed.utils.safe_get_full_grad`). AutoEP's layers are mapped back: each layer's
+        experts are gathered over the expert group, router.gate.weight → gate.weight, and
+        (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I]) →
+        experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
+        experts.down_proj [E, H, I]. Call on all ranks together (collectives)."""
+        import deepspeed.comm as dist
 
         module = self.engine.module
         ep_layers = {name: m for name, m in module.named_modules() if type(m).__name__ == "AutoEPMoELayer"}
         full: dict[str, torch.Tensor] = {}
         for name, p in module.named_parameters():
-            with GatheredParameters([p], modifier_rank=None):
-                t = p.data.detach().to("cpu", copy=True)
+            t = fetch(p).detach().to("cpu")
             owner, _, leaf = name.rpartition(".")
             layer_name = owner.removesuffix(".experts")
             if owner.endswith(".experts") and layer_name in ep_layers:
@@ -381,12 +400,6 @@ class LearnerWorker:
                 dist.all_gather(parts, local, group=group)
                 t = torch.cat([x.to("cpu") for x in parts], dim=0)
             full[name] = t
-        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
-            for bname, b in owner.named_buffers(recurse=False):
-                name = f"{owner_name}.{bname}" if owner_name else bname
-                if bname in owner._non_persistent_buffers_set or owner_name in ep_layers:
-                    continue
-                full[name] = b.detach().to("cpu", copy=True)
         for prefix in ep_layers:
             full[f"{prefix}.gate.weight"] = full.pop(f"{prefix}.router.gate.weight")
             w1, w2, w3 = (full.pop(f"{prefix}.experts.{w}") for w in ("w1", "w2", "w3"))

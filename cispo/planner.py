@@ -26,6 +26,7 @@ from cispo.planner_memory import (
     learner_terms,
 )
 from cispo.planner_model import PlanError, param_counts, resolve_config, shape_of
+from sandboxes.sizes import memory_mb
 
 # What to change when a term is the largest one on a GPU that does not fit.
 ADVICE = {
@@ -217,7 +218,7 @@ def build_plan(cfg: Any) -> dict:
         if sandbox_cpus > have_cpus:
             problems.append(f"sandboxes need {sandbox_cpus:g} CPUs (sandbox.num_workers x "
                             f"sandbox.cpus), the CPU nodes have {have_cpus}: add cluster.cpu_nodes")
-        if S.num_workers * S.memory_mb / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
+        if S.num_workers * memory_mb(S.memory_mb) / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
             problems.append("sandboxes need more memory than the CPU nodes have: add "
                             "cluster.cpu_nodes or lower sandbox.memory_mb")
     else:
@@ -247,7 +248,7 @@ def build_plan(cfg: Any) -> dict:
                     "waves_per_step": -(-sequences // (concurrency * R.num_workers)),
                     "per_gpu_memory_gib": round(e_bytes / GIB, 3), "terms_gib": _gib(e_terms)},
         "sandbox": {"containers": S.num_workers, "cpus": sandbox_cpus,
-                    "memory_gib": round(S.num_workers * S.memory_mb / 1024, 3),
+                    "memory_gib": round(S.num_workers * memory_mb(S.memory_mb) / 1024, 3),
                     "placed_on": where, "available_cpus": have_cpus},
         "max_gpu_memory_gib": round(max(per_gpu, default=0.0) / GIB, 3),
         "gpu_memory_gib": C.gpu_memory_gib if on_gpu else None,
