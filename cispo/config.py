@@ -168,7 +168,8 @@ class AlgorithmConfig:
     eps_low: float = 1.0
     eps_high: float = 0.28
     # token: divide by all unmasked tokens of the batch (M1). sample: mean over each response's
-    # tokens, then over responses (grpo needs it; cispo + sample = M1's long-window variant)
+    # tokens, then over responses (grpo needs it; cispo + sample = M1's long-window variant).
+    # prompt: mean over each prompt's tokens (all its responses), then over prompts (ScaleRL)
     normalization: str = "token"
     # further keyword arguments of the loss, e.g. {trust_region_mask: true} (cispo, Eq. 7) or
     # {dual_clip: 3.0} (ppo_clip); see docs/loss.md

@@ -239,7 +239,7 @@ def advantages(samples, scores: list, A: DictConfig, G: int):
     valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)
     rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
     adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)
-    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing)
+    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing, s.prompt_index)
              for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
     return items, rewards, valid
 
