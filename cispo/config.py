@@ -66,6 +66,11 @@ class DataConfig:
     max_prompt_tokens: int = 1024  # longer prompts are skipped and counted
     shuffle: bool = True
     seed: int = 0
+    # ScaleRL's no-positive-resampling: a prompt whose samples pass (score >= pass_score) at a
+    # rate >= retire_pass_rate in a step is left out of every later epoch (ScaleRL: 0.9);
+    # null = off. The retired prompts are kept in checkpoints (exact resume).
+    retire_pass_rate: float | None = None
+    pass_score: float = 1.0  # the score a sample needs to count as passed (math reward: right)
     # built-in arithmetic task
     arithmetic_rows: int = 2000
     arithmetic_max_operand: int = 2  # operands drawn from 0..max_operand

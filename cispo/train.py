@@ -373,7 +373,11 @@ def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -
     round's reward metrics are appended to `rounds`."""
     scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
     rounds.append(metrics)
-    return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
+    scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
+    if cfg.data.retire_pass_rate is not None:  # no-positive-resampling (dropped groups count too)
+        p.stream.retire(data.solved_prompts(batch, samples, scores, cfg.data.pass_score,
+                                            cfg.data.retire_pass_rate))
+    return scores
 
 
 SUMMED = ("errors", "timeouts", "skips", "time/")  # per-round counts and durations
