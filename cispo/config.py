@@ -102,6 +102,10 @@ class RolloutConfig:
     # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.
     async_generation: bool = False
+    # with async_generation: how many weight syncs old a rollout may be when it is trained on
+    # (k-step off-policy; ScaleRL: 8). The rollout of step t samples with the weights after update
+    # t - k, a fixed schedule, so runs repeat and resume exactly (cispo.staleness). 1 = one step
+    max_staleness: int = 1
     # prompts decoded together per engine call (0 = all of a worker's prompts at once)
     max_prompts_per_batch: int = 0
     # MoE routing replay: the engine records each token's experts, the learner's forward uses

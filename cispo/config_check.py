@@ -97,7 +97,23 @@ def value_problems(cfg) -> list[str]:
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
     problems += _size_problems(cfg)
+    problems += _recipe_problems(cfg)
     return problems
+
+
+def _recipe_problems(cfg) -> list[str]:
+    """Off-policyness, prompt retirement and loss averaging (ScaleRL's options) that cannot work."""
+    out = []
+    if cfg.rollout.async_generation and cfg.rollout.max_staleness < 1:
+        out.append(f"rollout.max_staleness={cfg.rollout.max_staleness}: async generation is at least "
+                   "1 step off-policy; for on-policy rollouts set rollout.async_generation=false")
+    rate = cfg.data.retire_pass_rate
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        out.append(f"data.retire_pass_rate={rate} is a pass rate: 0..1 (ScaleRL: 0.9), or null for off")
+    if cfg.algorithm.normalization == "prompt" and cfg.algorithm.loss == "grpo":
+        out.append("algorithm.loss=grpo normalises per sample: use normalization=sample, or "
+                   "loss=dapo/cispo for prompt-level averaging")
+    return out
 
 
 def resource_problems(cfg, gpus_available: float, where: str) -> list[str]:

@@ -73,3 +73,17 @@ def test_mixed_stream_retires_in_the_source_that_gave_the_prompt():
     assert mix.metrics()["data/retired"] == 2.0
     mix.load_state(mix.state())
     assert a.retired == [0]
+
+
+def test_a_pass_rate_outside_0_1_is_refused_before_start():
+    from omegaconf import OmegaConf
+
+    from cispo.config import Config
+    from cispo.config_check import value_problems
+
+    cfg = OmegaConf.structured(Config)
+    cfg.data.retire_pass_rate = 90
+    [msg] = value_problems(cfg)
+    assert "data.retire_pass_rate=90" in msg
+    cfg.data.retire_pass_rate = 0.9
+    assert value_problems(cfg) == []

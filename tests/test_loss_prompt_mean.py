@@ -114,3 +114,16 @@ def test_equal_prompts_of_equal_length_give_the_token_mean():
     mask = torch.tensor(MASK, dtype=D)
     a = aggregate(per_token, mask, "prompt", prompt_index=torch.zeros(5, dtype=torch.long))
     assert a.item() == pytest.approx(aggregate(per_token, mask, "token").item(), rel=1e-12)
+
+
+def test_grpo_with_prompt_averaging_is_refused_before_start():
+    from omegaconf import OmegaConf
+
+    from cispo.config import Config
+    from cispo.config_check import value_problems
+
+    cfg = OmegaConf.structured(Config)
+    cfg.algorithm.loss, cfg.algorithm.normalization = "grpo", "prompt"
+    assert any("grpo normalises per sample" in m for m in value_problems(cfg))
+    cfg.algorithm.loss = "cispo"
+    assert value_problems(cfg) == []
