@@ -288,12 +288,15 @@ def finish(cfg: DictConfig, p: Parts) -> None:
     print(summary(p.run_dir))
 
 
-SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "logprob/train_rollout_pearson",
-                "logprob/entropy_mean", "response/length_mean", "reward/errors", "time/step_s"]
+# is/round_1/clip_frac: the clip fraction of the first off-policy round (num_minibatches > 1)
+SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "is/round_1/clip_frac",
+                "logprob/train_rollout_pearson", "logprob/entropy_mean", "response/length_mean",
+                "reward/errors", "time/step_s"]
 
 
 def summary(run_dir: Path) -> str:
-    """The end-of-run table: each key's mean over the first and the last 20 logged steps."""
+    """The end-of-run table: each key's mean over the first and the last 20 logged steps, and
+    over all of them."""
     import json
     import math
 
@@ -305,8 +308,9 @@ def summary(run_dir: Path) -> str:
         return f"{sum(vals) / len(vals):.4g}" if vals else "-"
 
     lines = [f"done: {len(rows)} steps in {run_dir}",
-             f"  {'metric':32} {'first ' + str(k) + ' steps':>16} {'last ' + str(k) + ' steps':>16}"]
-    lines += [f"  {key:32} {mean(rows[:k], key):>16} {mean(rows[-k:], key):>16}"
+             f"  {'metric':32} {'first ' + str(k) + ' steps':>16} {'last ' + str(k) + ' steps':>16}"
+             f" {'all steps':>12}"]
+    lines += [f"  {key:32} {mean(rows[:k], key):>16} {mean(rows[-k:], key):>16} {mean(rows, key):>12}"
               for key in SUMMARY_KEYS if any(key in r for r in rows)]
     lines += [f"  metrics: {run_dir / 'metrics.jsonl'}", f"  policy:  {run_dir / 'final_model'}"]
     return "\n".join(lines)
