@@ -255,10 +255,14 @@ def fork_record(rows: list[dict], threshold: float, window: int, wall_s: float) 
             "final_reward": statistics.mean(rewards[-window:])}
 
 
-def _pooled(recs: list[dict], key: str) -> float | None:
-    """A per-step fraction over fork tokens, pooled over steps and runs (weighted by tokens)."""
-    num = sum(f * n for r in recs for f, n in zip(r[key], r["fork_tokens"], strict=True) if n)
-    den = sum(n for r in recs for n in r["fork_tokens"])
+def _pooled(recs: list[dict], key: str, rare_below: float = 1.0) -> float | None:
+    """A per-step fraction over fork tokens, pooled over steps and runs (weighted by tokens);
+    only the steps whose P(fork) was below `rare_below` (the rising phase, where it matters)."""
+    num = den = 0.0
+    for r in recs:
+        for f, n, p in zip(r[key], r["fork_tokens"], r["p_fork"], strict=True):
+            if n and p < rare_below:
+                num, den = num + f * n, den + n
     return num / den if den else None
 
 
@@ -285,6 +289,9 @@ def fork_summary(runs: dict, arms: list[str], budget: int) -> dict:
                                       for k in range(len(recs[0]["round_clip_frac"]))],
                   "fork_clipped_frac": _pooled(recs, "fork_clipped_frac"),
                   "fork_dropped_frac": _pooled(recs, "fork_dropped_frac"),
+                  # while the fork token is still the rarer choice (P < 0.5 at the step's start)
+                  "fork_clipped_frac_rare": _pooled(recs, "fork_clipped_frac", 0.5),
+                  "fork_dropped_frac_rare": _pooled(recs, "fork_dropped_frac", 0.5),
                   "wall_s_median": statistics.median(r["wall_s"] for r in recs)}
     return out
 
@@ -294,7 +301,7 @@ def fork_tests(runs: dict, arms: list[str], budget: int) -> dict:
     out = {}
     for a in arms:
         for b in ("dapo", "grpo"):
-            if a == b or b not in arms:
+            if a == b or b not in arms or (a, b) == ("grpo", "dapo"):
                 continue
             seeds = sorted({r["seed"] for k, r in runs.items() if k.split("/")[0] == a}
                            & {r["seed"] for k, r in runs.items() if k.split("/")[0] == b})
@@ -312,7 +319,8 @@ def fork_table(doc: dict) -> str:
         return "-" if x is None else fmt.format(x)
 
     lines = ["arm | seeds | reached | median steps [q1, q3] (min-max) | final reward median [min, max] | "
-             "P(fork) step 0 / 5 / 10 | clipped tokens (all) | fork tokens outside range / without gradient"]
+             "P(fork) step 0 / 5 / 10 | clipped tokens (all) | fork tokens outside range / without gradient "
+             "(all steps; steps with P(fork) < 0.5)"]
     for a, s in doc["summary"].items():
         med = f(s["median_steps"]) if s["median_steps"] is not None else f"> {budget}"
         pf = s["p_fork_median_at"]
@@ -322,7 +330,8 @@ def fork_table(doc: dict) -> str:
             f"{s['final_reward_median']:.3f} [{s['final_reward_min']:.3f}, {s['final_reward_max']:.3f}] | "
             f"{pf.get(0, pf.get('0', 0)):.3f} / {pf.get(5, pf.get('5', 0)):.3f} / {pf.get(10, pf.get('10', 0)):.3f} | "
             f"{f(s['clip_frac_mean'], '{:.2%}')} | {f(s['fork_clipped_frac'], '{:.0%}')} / "
-            f"{f(s['fork_dropped_frac'], '{:.0%}')}")
+            f"{f(s['fork_dropped_frac'], '{:.0%}')}; {f(s.get('fork_clipped_frac_rare'), '{:.0%}')} / "
+            f"{f(s.get('fork_dropped_frac_rare'), '{:.0%}')}")
     lines.append("")
     lines.append("paired sign test (steps to threshold) | a faster / b faster / ties | median diff (a-b) | p (two-sided)")
     for k, t in doc["tests"].items():
@@ -361,8 +370,10 @@ def fork_plot(doc: dict, png: Path) -> None:
         med = doc["summary"][a]["median_steps"]
         if med is not None:
             bx.hlines(med, i - 0.3, i + 0.3, color=colors[a], lw=2)
-    bx.axhline(budget, color="gray", ls=":", lw=0.8)
-    bx.set_ylim(0, budget + 4)
+    top = max(budget + 2 if v is None else v for a in arms for v in doc["summary"][a]["steps_per_seed"])
+    if top > budget:
+        bx.axhline(budget, color="gray", ls=":", lw=0.8)
+    bx.set_ylim(0, top + 2)
     bx.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
     bx.set(ylabel="steps to threshold (bar: median)", title="per seed")
     fig.suptitle(f"fork-token task: {doc['config']['minibatches']} minibatch updates per rollout batch, "
@@ -452,7 +463,7 @@ def real_loop(args) -> None:
     cmd = [sys.executable, "-m", "cispo.train", "+exp=ablation", f"run_dir={run_dir}",
            f"model.name={base}", f"data.source={data}", f"data.seed={seed}", f"trainer.seed={seed}",
            "reward.modules=[bench/fork_reward.py]", "reward.default=fork",
-           "reward.sources={fork: fork, math: fork, arithmetic: fork}",
+           "++reward.sources={fork: fork, math: fork, arithmetic: fork}",  # only the fork reward
            "rollout.max_new_tokens=3", "rollout.prompts_per_step=16", "rollout.group_size=16",
            f"algorithm.num_minibatches={fork_task.RunConfig.minibatches}", f"learner.lr={args.lr}",
            f"trainer.total_steps={steps}", "logging.progress=false",
