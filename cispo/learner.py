@@ -523,7 +523,7 @@ class LearnerGroup:
         if loss_kwargs.get("normalization") == "prompt":  # each item's T_g, and the prompt count
             per_prompt = prompt_token_totals(items)
             per_item = self._shards([per_prompt[it.prompt_index] for it in items])
-            n_prompts = float(len(per_prompt))
+            n_prompts = float(sum(t > 0 for t in per_prompt.values()))  # as cispo.loss counts P
         parts = self._leaders(ray.get([
             w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)), pt, n_prompts)
             for w, s, o, pt in zip(self.workers, shards, olds, per_item, strict=True)]))
