@@ -29,6 +29,7 @@ from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
+from cispo.sampling import Rollout
 from cispo.schedule import WindowSchedule, stats_from_samples
 from cispo.staleness import RolloutsAhead, from_checkpoint, max_staleness, to_checkpoint
 from rewards.manager import RewardManager
@@ -100,20 +101,6 @@ class Parts:
     logger: RunLogger
     schedule: WindowSchedule
     resumed: list = ()  # async resume: the rollouts of steps start, start + 1, ... the checkpoint kept
-
-
-@dataclass
-class Rollout:
-    """One step's scored groups, and which weights sampled them."""
-
-    groups: list
-    sampling_metrics: dict
-    reward_metrics: dict
-    seconds: float
-    version: int  # the weight sync the engines held while sampling
-    data_before: dict  # the prompt stream's position before this rollout drew its prompts
-    data_after: dict  # ... and after
-    data_metrics: dict  # the stream's metrics for these prompts (epoch, mix shares)
 
 
 def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
