@@ -33,6 +33,7 @@ from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
 from cispo.schedule import WindowSchedule, stats_from_samples
 from rewards.manager import RewardManager
+from rewards.scorers import ScorerUnavailable
 from rollout.manager import RolloutManager
 from sandboxes.engine import DockerUnavailable
 
@@ -155,8 +156,8 @@ def build(cfg: DictConfig) -> Parts:
     state = checkpoint.read_state(ckpt) if ckpt else {}
     torch.manual_seed(cfg.trainer.seed)
     try:
-        rewarder = RewardManager(cfg.reward, cfg.sandbox)
-    except DockerUnavailable as e:
+        rewarder = RewardManager(cfg.reward, cfg.sandbox)  # sandbox.placement: here, or scorer actors
+    except (DockerUnavailable, ScorerUnavailable) as e:
         sys.exit(str(e))
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
