@@ -141,7 +141,7 @@ def test_sbatch_runs_tiny_on_a_ray_cluster_with_a_sandbox_node(tmp_path):
         assert "3 Ray nodes up" in p.stdout and "1 sandbox node(s)" in p.stdout, log
         assert "-m ray.scripts.scripts start --head" in p.stderr
         assert "--address=127.0.0.1" in p.stderr and "--num-cpus=0 --num-gpus=0" in p.stderr
-        assert '"sandbox": 2' in p.stdout  # the sandbox node's slots, in the cluster's resources
+        assert "'sandbox': 2.0" in p.stdout  # the sandbox node's slots, in the cluster's resources
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2
         # every sample scored by the scorer on the sandbox node (sandbox.placement=actors)
