@@ -78,6 +78,10 @@ def run_preflight(cfg: Any) -> dict:
         problems += _node_problems(n)
     problems = value_problems(cfg) + ([] if cfg.ray.address else local_ray_problems(cfg)) + problems
     shutil.rmtree(probe, ignore_errors=True)
+    try:
+        probe.parent.rmdir()  # unless another check is under way there
+    except OSError:
+        pass
     result = {"ok": not problems, "run_dir": str(run_dir), "nodes": nodes, "problems": problems}
     (run_dir / "preflight.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
