@@ -107,7 +107,8 @@ def main() -> None:
         print(" | ".join(f"{r[c]!s:>14}" for c in cols))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bench": "scorers", "machine": machine, "args": vars(args),
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    out.write_text(json.dumps({"bench": "scorers", "machine": machine, "args": settings,
                                "results": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
