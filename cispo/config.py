@@ -116,13 +116,27 @@ class SandboxConfig:
     # isolation: never chosen automatically; set it explicitly where Docker cannot run.
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"  # built by `python -m sandboxes.image build`
-    num_workers: int = 2  # warm scoring workers (containers)
+    # warm scoring workers (containers); with placement=actors, in all, split over the scorers
+    # by their slots
+    num_workers: int = 2
     # memory = memory+swap limit per worker: MB (512), or Docker's size syntax (512m, 1g, 2GiB)
     memory_mb: Any = 512
     cpus: float = 1.0  # CPU quota per worker
     pids_limit: int = 64
     verdict_timeout_s: float = 10.0  # wall clock per verdict; over it the worker is killed+replaced
     start_timeout_s: float = 60.0  # a worker must answer its first ping within this
+    # where the sandboxed rewards (math, code, swe; @reward(..., sandbox=True)) run. "local": in
+    # the trainer's process, on its machine's Docker engine (one machine: the demo, the tests).
+    # "actors": in scorer actors on the Ray nodes that advertise `resource`, each using its own
+    # node's engine (a cluster; rewards.scorers, docs/launch.md). Our choice: local, so a single
+    # machine needs no Ray resource set up; the cluster experiments (m1_*) set actors.
+    placement: str = "local"
+    # the Ray resource sandbox nodes advertise: `ray start --resources='{"sandbox": N}'`, N = the
+    # reward calls a node runs at once (launch/ sets N = the node's CPUs / sandbox.cpus)
+    resource: str = "sandbox"
+    scorers_per_node: int = 1  # scorer actors per sandbox node; they split its N slots
+    max_restarts: int = 3  # Ray restarts of a dead scorer (its calls in flight go elsewhere once)
+    nodes_wait_s: float = 600.0  # how long the start waits for the first sandbox node to join
 
 
 @dataclass
@@ -355,6 +369,9 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     # issue 6
     plan: bool = False  # print the resource plan, write run_dir/plan.json, train nothing
+    # check the cluster instead of training: every node answers, Docker and the sandbox image on
+    # the sandbox nodes, run_dir shared by the nodes (cispo.preflight, docs/launch.md)
+    preflight: bool = False
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -96,7 +96,7 @@ def value_problems(cfg) -> list[str]:
                                 ("learner.head_precision", cfg.learner.head_precision, "ieee")):
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
-    problems += _size_problems(cfg)
+    problems += _size_problems(cfg) + _sandbox_problems(cfg)
     return problems
 
 
@@ -130,3 +130,25 @@ def _size_problems(cfg) -> list[str]:
         except ValueError as e:
             out.append(str(e))
     return out
+
+
+def _sandbox_problems(cfg) -> list[str]:
+    """Where the sandboxed rewards run (sandbox.placement, rewards.scorers)."""
+    S = cfg.sandbox
+    if S.placement not in ("local", "actors"):
+        return [f"sandbox.placement={S.placement!r}: use local (this machine's Docker engine) or "
+                f"actors (scorer actors on the Ray nodes that advertise the '{S.resource}' resource)"]
+    if S.scorers_per_node < 1:
+        return [f"sandbox.scorers_per_node={S.scorers_per_node}: at least 1"]
+    return []
+
+
+def local_ray_problems(cfg) -> list[str]:
+    """What a local Ray (no ray.address) cannot give the run besides GPUs: nodes that advertise
+    the sandbox resource, for sandbox.placement=actors."""
+    S = cfg.sandbox
+    if S.placement == "actors" and not cfg.ray.address:
+        return [f"sandbox.placement=actors puts the scorers on the Ray nodes that advertise the "
+                f"'{S.resource}' resource: join that cluster with ray.address (launch/), or score "
+                "on this machine with sandbox.placement=local"]
+    return []

@@ -24,15 +24,17 @@ from omegaconf import DictConfig
 from cispo import checkpoint, data, sampling, user_modules
 from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
-from cispo.config_check import resource_problems, value_problems
+from cispo.config_check import local_ray_problems, resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
+from cispo.preflight import run_preflight
 from cispo.schedule import WindowSchedule, stats_from_samples
 from rewards.manager import RewardManager
+from rewards.scorers import ScorerUnavailable
 from rollout.manager import RolloutManager
 from sandboxes.engine import DockerUnavailable
 
@@ -45,6 +47,8 @@ NODES_WAIT_S = 600.0  # a joined cluster's nodes may still be starting (KubeRay 
 def main(cfg: DictConfig) -> None:
     if cfg.plan:  # resources only: no Docker, no Ray, no GPU
         return run_plan(cfg)
+    if cfg.preflight:  # the cluster only: nodes, Docker on the sandbox nodes, a shared run_dir
+        return run_preflight(cfg)
     p = build(cfg)
     A, G, total = cfg.algorithm, cfg.rollout.group_size, cfg.trainer.total_steps
     # async: the rollout of step k+1 runs in a thread (Ray calls + reward scoring) while the
@@ -155,8 +159,8 @@ def build(cfg: DictConfig) -> Parts:
     state = checkpoint.read_state(ckpt) if ckpt else {}
     torch.manual_seed(cfg.trainer.seed)
     try:
-        rewarder = RewardManager(cfg.reward, cfg.sandbox)
-    except DockerUnavailable as e:
+        rewarder = RewardManager(cfg.reward, cfg.sandbox)  # sandbox.placement: here, or scorer actors
+    except (DockerUnavailable, ScorerUnavailable) as e:
         sys.exit(str(e))
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
@@ -336,7 +340,8 @@ def start_ray(cfg: DictConfig) -> None:
     """Join the cluster (`ray.address`) or start a local Ray sized for the run's actors; exit
     with what is missing if Ray lacks the GPUs they ask for (they would wait forever)."""
     if not ray.is_initialized() and not cfg.ray.address:  # check before starting anything
-        if problems := resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)"):
+        if problems := (resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)")
+                        + local_ray_problems(cfg)):
             sys.exit("resources: " + problems[0])
         r, lr = cfg.rollout, cfg.learner
         need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker

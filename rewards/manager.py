@@ -13,6 +13,10 @@ that are killed at the limit; thread-isolated ones (whose work is bounded by a s
 are abandoned at the limit. A call that raises, times out, or returns something that is not a
 score (NaN, a string) gets `error_score` (default 0) and is counted and logged; the batch always
 completes.
+
+Where the sandboxed rewards (`@reward(..., sandbox=True)`: math, code, swe) run is
+`sandbox.placement`: `local`, in this process on this machine's Docker engine, or `actors`, in
+scorer actors on the Ray nodes that advertise the sandbox resource (rewards.scorers).
 """
 
 from __future__ import annotations
@@ -98,18 +102,25 @@ class RewardManager:
                               "batch_size": opts.get("batch_size")}
             self.fn_options[n] = {k: v for k, v in opts.items() if k not in MANAGER_OPTIONS}
         self._started: list[RewardSpec] = []
+        self._scorers = None  # sandbox.placement=actors: the sandboxed rewards' scorer actors
+        remote = [n for n, s in self.specs.items() if s.sandbox and _on_actors(sandbox_cfg)]
         try:
             for n, spec in self.specs.items():
-                if spec.setup is not None:
+                if spec.setup is not None and n not in remote:
                     spec.setup(self.fn_options[n], sandbox_cfg)
                     self._started.append(spec)
+            if remote:
+                from rewards.scorers import Scorers
+
+                self._scorers = Scorers(remote, self.modules, self.fn_options, sandbox_cfg)
         except BaseException:
             self.shutdown()
             raise
         self._procs = (ProcessPool(max(1, cfg.num_workers), self.modules, cfg.worker_memory_mb)
                        if any(s.isolation == "process" for s in self.specs.values()) else None)
-        self._threads = ThreadPoolExecutor(max_workers=max(1, cfg.max_concurrency),
-                                           thread_name_prefix="reward")
+        # with scorer actors, enough threads to fill every slot they offer
+        threads = max(1, cfg.max_concurrency, self._scorers.slots if self._scorers else 0)
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reward")
         self.abandoned_threads = 0
 
     def route(self, data_source: str) -> list[tuple[str, float]]:
@@ -120,6 +131,8 @@ class RewardManager:
     def score(self, items: list[dict]) -> tuple[list[float | None], dict[str, float]]:
         """Scores in order (None = skipped) and the batch's metrics."""
         t0 = time.monotonic()
+        if self._scorers is not None:
+            self._scorers.refresh()  # sandbox nodes that joined since
         routes = [self.route(str(it.get("data_source", ""))) for it in items]
         per_reward = self.score_detailed(items, routes)
         scores: list[float | None] = []
@@ -173,6 +186,8 @@ class RewardManager:
         else:
             if spec.isolation == "process":
                 res = self._procs.call(spec.fn, kwargs, lim["timeout_s"])  # type: ignore[union-attr]
+            elif self._scorers is not None and spec.sandbox:  # on a sandbox node
+                res = self._scorers.call(spec.name, kwargs, lim["timeout_s"])
             else:
                 res = run_in_thread(spec.fn, kwargs, lim["timeout_s"])
                 if res.status == "timeout":
@@ -247,6 +262,8 @@ class RewardManager:
         for spec in self._started:
             if spec.stats is not None:
                 m.update(spec.stats())
+        if self._scorers is not None:  # theirs, summed over the scorers
+            m.update(self._scorers.stats())
         return m
 
     def shutdown(self) -> None:
@@ -254,6 +271,9 @@ class RewardManager:
             self._threads.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "_procs", None) is not None:
             self._procs.close()
+        if getattr(self, "_scorers", None) is not None:
+            self._scorers.close()
+            self._scorers = None
         for spec in reversed(getattr(self, "_started", [])):
             try:
                 if spec.teardown is not None:
@@ -299,6 +319,11 @@ def call_kwargs(spec: RewardSpec, batch: list[dict], options: dict[str, Any]) ->
                         f"does not have (it has {sorted(rows[0])[:12]}); give the parameter a "
                         "default or add the column to the dataset")
     return kw
+
+
+def _on_actors(sandbox_cfg: Any) -> bool:
+    """sandbox.placement=actors (a config without the key, e.g. the score CLI's: local)."""
+    return getattr(sandbox_cfg, "placement", "local") == "actors"
 
 
 def _response_length(it: dict) -> int:

@@ -3,7 +3,7 @@
 from omegaconf import OmegaConf
 
 from cispo.config import Config
-from cispo.config_check import value_problems
+from cispo.config_check import local_ray_problems, value_problems
 
 
 def _cfg(**parallel):
@@ -86,3 +86,17 @@ def test_a_declared_key_is_not_called_unknown(tmp_path):
                        timeout=120)
     assert r.returncode != 0 and "Unknown config key" not in r.stderr
     assert "+algorithm.loss_options" in r.stderr  # Hydra's hint
+
+
+def test_sandbox_placement_is_checked():
+    cfg = OmegaConf.structured(Config)
+    cfg.sandbox.placement = "remote"
+    [msg] = value_problems(cfg)
+    assert "sandbox.placement='remote'" in msg and "actors" in msg
+    cfg.sandbox.placement = "actors"
+    assert value_problems(cfg) == []
+    # scorer actors need a cluster with sandbox nodes to join: a local Ray has none
+    [msg] = local_ray_problems(cfg)
+    assert "ray.address" in msg and "sandbox.placement=local" in msg
+    cfg.ray.address = "auto"
+    assert local_ray_problems(cfg) == []

@@ -246,3 +246,20 @@ def test_colocated_engines_share_the_learner_gpus():
                                  "learner.num_gpus_per_worker=1", "cluster.gpus_per_node=2",
                                  "parallel.placement=colocated"))
     assert any("parallel.placement=colocated" in p for p in too_many["problems"])
+
+
+def test_sandboxes_are_planned_where_the_run_places_them():
+    """Scorer actors on the CPU nodes with sandbox.placement=actors (m1_80k); in the trainer's
+    process on the driver's node with local, where CPU nodes would sit idle (issue 20)."""
+    sb = build_plan(config("+exp=m1_80k"))["sandbox"]
+    assert sb["placement"] == "actors" and sb["placed_on"] == "cpu nodes"
+    assert sb["scorers"] == 8 and sb["slots_per_node"] == 64 and sb["containers_per_node"] == 64
+    plan = build_plan(config("+exp=m1_80k", "sandbox.placement=local"))
+    assert plan["sandbox"]["placed_on"] == "the driver's node" and not plan["fits"]
+    assert any("sandbox.placement=local scores in the trainer's process" in p for p in plan["problems"])
+    plan = build_plan(config("+exp=m1_80k", "cluster.cpu_nodes=0"))
+    assert any("cluster.cpu_nodes=0 plans none" in p for p in plan["problems"])
+    plan = build_plan(config("+exp=m1_80k", "sandbox.num_workers=1024"))
+    assert any("128 CPUs per CPU node" in p for p in plan["problems"])
+    tiny = build_plan(config("+exp=tiny"))["sandbox"]
+    assert tiny["placed_on"] == "the driver's node" and tiny["scorers"] == 0
