@@ -326,10 +326,10 @@ def _main() -> None:
     """`python -m cispo.planner +exp=NAME` = `python -m cispo.train +exp=NAME plan=true`."""
     import hydra
 
-    from cispo.config_check import check_or_exit
+    from cispo.config_check import check_command_line
 
     conf = Path(__file__).resolve().parent.parent / "conf"
-    check_or_exit(conf, "config", sys.argv[1:])
+    check_command_line(conf)
 
     @hydra.main(config_path=str(conf), config_name="config", version_base=None)
     def main(cfg) -> None:

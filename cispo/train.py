@@ -6,9 +6,15 @@ One step: prompts → rollout (Ray generation workers) → rewards (sandboxed) �
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # the command line is checked before the heavy imports below (~1 s)
+    from cispo.config_check import check_command_line
+
+    check_command_line()
+
 import logging
 import math
-import sys
 import time
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -146,8 +152,9 @@ def build(cfg: DictConfig) -> Parts:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
-    if problems := value_problems(cfg):
-        sys.exit("config: " + "\nconfig: ".join(problems))
+    if problems := value_problems(cfg):  # cli() checked already; main() may be called directly
+        print("config: " + "\nconfig: ".join(problems), file=sys.stderr)
+        sys.exit(2)
     modules = algorithm_modules(cfg.algorithm)  # users' losses: here, and in every learner rank
     start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
@@ -430,9 +437,9 @@ def perf_metrics(samples, items: list[TrainItem], rollout_s: float, learn_s: flo
 
 
 def cli() -> None:
-    from cispo.config_check import check_or_exit
+    from cispo.config_check import check_command_line
 
-    check_or_exit(CONF_DIR, "config", sys.argv[1:])
+    check_command_line(CONF_DIR)
     main()
 
 
