@@ -38,7 +38,7 @@ from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
 from cispo.schedule import WindowSchedule, stats_from_samples
-from rewards.manager import RewardManager
+from rewards.manager import RewardManager, RewardStopped
 from rollout.manager import RolloutManager
 from sandboxes.engine import DockerUnavailable
 
@@ -165,6 +165,8 @@ def build(cfg: DictConfig) -> Parts:
         rewarder = RewardManager(cfg.reward, cfg.sandbox)
     except DockerUnavailable as e:
         sys.exit(str(e))
+    except (ImportError, FileNotFoundError) as e:  # a reward.modules file: named, with its line
+        sys.exit(f"reward: {e}")
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     try:
@@ -208,10 +210,12 @@ def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
     as (module name, source, path) for the learner ranks, which import them too."""
     try:
         mods = user_modules.read(list(A.modules), "cispo_user_algorithm", "algorithm.modules")
+        for m in mods:
+            user_modules.load_source(*m)
     except FileNotFoundError as e:
         sys.exit(f"config: {e}")
-    for m in mods:
-        user_modules.load_source(*m)
+    except ImportError as e:  # names the file and the line
+        sys.exit(f"config: algorithm.modules: {e}")
     for key, name, registry in (("loss", A.loss, LOSSES), ("advantage", A.advantage, ADVANTAGES)):
         if name not in registry:
             sys.exit(f"config: algorithm.{key}={name!r} is not registered (registered: "
@@ -378,7 +382,10 @@ def generate(p: Parts, step: int, batch: list, round_index: int) -> list:
 def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -> list:
     """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy; the
     round's reward metrics are appended to `rounds`."""
-    scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+    try:
+        scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+    except RewardStopped as e:  # a reward that only times out: one message, not hours of limits
+        raise SystemExit(f"reward: {e}") from None
     rounds.append(metrics)
     return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
 

@@ -45,6 +45,9 @@ class RewardSpec:
     setup: Callable[..., Any] | None = None
     teardown: Callable[[], Any] | None = None
     stats: Callable[[], dict[str, float]] | None = None  # extra metrics, e.g. sandbox restarts
+    # it compares with the sample's reference and skips a sample without one (math): the CLI
+    # refuses a completion given without a reference instead of printing a bare null
+    needs_reference: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -69,7 +72,8 @@ _builtins_loaded = False
 def reward(name: str, *, batched: bool = False, isolation: str = "process",
            setup: Callable[..., Any] | None = None,
            teardown: Callable[[], Any] | None = None,
-           stats: Callable[[], dict[str, float]] | None = None) -> Callable[[Callable], Callable]:
+           stats: Callable[[], dict[str, float]] | None = None,
+           needs_reference: bool = False) -> Callable[[Callable], Callable]:
     """Register `fn` as the reward `name` (see the module docstring for the calling convention)."""
     if isolation not in ISOLATIONS:
         raise ValueError(f"@reward({name!r}, isolation={isolation!r}): use one of {ISOLATIONS}")
@@ -80,7 +84,8 @@ def reward(name: str, *, batched: bool = False, isolation: str = "process",
         if old is not None and _qualified(old.fn) != _qualified(fn):
             raise ValueError(f"reward {name!r} is already registered by {_qualified(old.fn)}; "
                              f"pick another name for {_qualified(fn)}")
-        REWARDS[name] = RewardSpec(name, fn, batched, isolation, setup, teardown, stats)
+        REWARDS[name] = RewardSpec(name, fn, batched, isolation, setup, teardown, stats,
+                                   needs_reference)
         return fn
 
     return deco
