@@ -27,7 +27,7 @@ import ray
 import torch
 from omegaconf import DictConfig
 
-from cispo import checkpoint, data, sampling, user_modules
+from cispo import checkpoint, data, interrupt, sampling, user_modules, watchdog
 from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
 from cispo.config_check import resource_problems, value_problems
@@ -35,8 +35,9 @@ from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
-from cispo.monitor import Progress, RunLogger
+from cispo.monitor import Progress, RunLogger, sample_rows
 from cispo.planner import run_plan
+from cispo.report import summary
 from cispo.schedule import WindowSchedule, stats_from_samples
 from rewards.manager import RewardManager, RewardStopped
 from rollout.manager import RolloutManager
@@ -59,7 +60,8 @@ def main(cfg: DictConfig) -> None:
     pending = None
     if ahead and p.start < total:  # resumed: the rollout the checkpoint kept, else a new one
         pending = done(p.resumed) if p.resumed else ahead.submit(rollout_step, p, cfg, p.start)
-    with Progress(total, p.start, cfg.logging.progress) as bar:
+    with Progress(total, p.start, cfg.logging.progress, cfg.logging.progress_every_s) as bar, \
+            interrupt.StopRequest() as stop:  # Ctrl-C: finish the step, checkpoint, stop
         for step in range(p.start, total):
             t0 = time.monotonic()
             if pending is not None:                                  # 1-3. prompts → rollout → reward
@@ -92,13 +94,22 @@ def main(cfg: DictConfig) -> None:
                        "time/step_s": time.monotonic() - t0,
                        **perf_metrics(samples, items, ro.seconds, t2 - t1)}
             p.logger.log(step, metrics)
+            p.logger.log_samples(step, sample_rows(samples, scores, p.tokenizer, cfg.logging.samples_per_step))
             bar.update(step, metrics)
-            if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                next_ro = pending.result() if pending is not None else None  # done: waited above
-                checkpoint.save(p.learner, p.run_dir, step + 1, states(p, next_ro), kept(p, next_ro))
+            stopping = stop.requested and step + 1 < total
+            if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or \
+                    (stopping and cfg.trainer.save_on_interrupt):
+                save(p, step + 1, pending)
+            if stopping:
+                return stopped(cfg, p, step + 1, stop.signal_name)
     if ahead is not None:
         ahead.shutdown()
     finish(cfg, p)
+
+
+def save(p: Parts, step: int, pending: futures.Future | None) -> Path:
+    next_ro = pending.result() if pending is not None else None  # done: waited for in the step
+    return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ro), kept(p, next_ro))
 
 
 @dataclass
@@ -156,9 +167,13 @@ def build(cfg: DictConfig) -> Parts:
         print("config: " + "\nconfig: ".join(problems), file=sys.stderr)
         sys.exit(2)
     modules = algorithm_modules(cfg.algorithm)  # users' losses: here, and in every learner rank
-    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
+    interrupt.remember(cfg)  # a Ctrl-C from here on says how to resume
+    watchdog.start(run_dir)  # if this process is killed, what it starts goes with it
+    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     ckpt = checkpoint.find(run_dir, cfg.resume)
+    if cfg.resume == "auto" and ckpt is None:
+        log.warning("resume=auto: no checkpoint in %s; starting fresh", run_dir / "checkpoints")
     state = checkpoint.read_state(ckpt) if ckpt else {}
     torch.manual_seed(cfg.trainer.seed)
     try:
@@ -308,39 +323,26 @@ def done(result) -> futures.Future:
     return f
 
 
+def stopped(cfg: DictConfig, p: Parts, step: int, why: str) -> None:
+    """Ctrl-C: the step is done (and saved with trainer.save_on_interrupt); say how to resume."""
+    p.logger.close()
+    p.rewarder.shutdown()
+    saved = p.run_dir / "checkpoints" / f"step_{step}" if cfg.trainer.save_on_interrupt else None
+    interrupt.stopped(step, cfg.trainer.total_steps, why if saved else
+                      f"{why}; not saved: trainer.save_on_interrupt=false", saved)
+
+
 def finish(cfg: DictConfig, p: Parts) -> None:
     total = cfg.trainer.total_steps
     if p.start < total or not (p.run_dir / "checkpoints" / f"step_{total}").exists():
         checkpoint.save(p.learner, p.run_dir, total, states(p))
     p.learner.export(str(p.run_dir / "final_model"))
     p.tokenizer.save_pretrained(p.run_dir / "final_model")
+    where = p.logger.where()
     p.logger.close()
     p.rewarder.shutdown()
     print(summary(p.run_dir))
-
-
-SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "logprob/train_rollout_pearson",
-                "logprob/entropy_mean", "response/length_mean", "reward/errors", "time/step_s"]
-
-
-def summary(run_dir: Path) -> str:
-    """The end-of-run table: each key's mean over the first and the last 20 logged steps."""
-    import json
-    import math
-
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    k = min(20, len(rows))
-
-    def mean(part, key):
-        vals = [r[key] for r in part if key in r and math.isfinite(r[key])]
-        return f"{sum(vals) / len(vals):.4g}" if vals else "-"
-
-    lines = [f"done: {len(rows)} steps in {run_dir}",
-             f"  {'metric':32} {'first ' + str(k) + ' steps':>16} {'last ' + str(k) + ' steps':>16}"]
-    lines += [f"  {key:32} {mean(rows[:k], key):>16} {mean(rows[-k:], key):>16}"
-              for key in SUMMARY_KEYS if any(key in r for r in rows)]
-    lines += [f"  metrics: {run_dir / 'metrics.jsonl'}", f"  policy:  {run_dir / 'final_model'}"]
-    return "\n".join(lines)
+    print("\n".join(where))
 
 
 def start_ray(cfg: DictConfig) -> None:
@@ -447,7 +449,10 @@ def cli() -> None:
     from cispo.config_check import check_command_line
 
     check_command_line(CONF_DIR)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during start-up: no traceback
+        interrupt.stopped_at_once()
 
 
 if __name__ == "__main__":
