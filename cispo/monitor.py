@@ -79,8 +79,11 @@ class RunLogger:
             return ["W&B: off (logging.wandb_mode=disabled)"]
         if self.mode == "online":
             return [f"W&B: {self.wandb_url or self.wandb_dir}"]
-        return [f"W&B (offline): {self.wandb_dir}",
-                f"  upload it: wandb sync {self.wandb_dir}"]
+        # a resumed run adds a folder per start, all with the run's id: upload them together
+        parts = sorted(self.wandb_dir.parent.glob(f"offline-run-*-{self.run.id}"))
+        target = self.wandb_dir.parent / f"offline-run-*-{self.run.id}" if len(parts) > 1 else self.wandb_dir
+        return [f"W&B (offline): {target}" + (f" ({len(parts)} folders: one per start)" if len(parts) > 1 else ""),
+                f"  upload it: wandb sync {target}"]
 
     def close(self) -> None:
         self._f.close()

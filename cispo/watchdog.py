@@ -68,29 +68,49 @@ def watch(driver_pid: int, fd: int) -> dict[int, float]:
 def stop(seen: dict[int, float]) -> int:
     """SIGTERM, then SIGKILL after GRACE_S, to the noted processes still alive. Returns how many
     were alive."""
+
+    alive = [(pid, created) for pid, created in seen.items() if _same(pid, created) is not None]
+    for pid, created in alive:
+        _signal(pid, created, "terminate")
+    left = _wait(alive, GRACE_S)
+    for pid, created in left:
+        _signal(pid, created, "kill")
+    _wait(left, GRACE_S)
+    return len(alive)
+
+
+def _signal(pid: int, created: float, how: str) -> None:
     import psutil
 
-    alive = []
-    for pid, created in seen.items():
-        try:
-            p = psutil.Process(pid)
-            if p.create_time() == created:
-                alive.append(p)
-        except psutil.Error:
-            continue
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, left = psutil.wait_procs(alive, timeout=GRACE_S)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=GRACE_S)
-    return len(alive)
+    p = _same(pid, created)
+    try:
+        if p is not None:
+            getattr(p, how)()
+    except psutil.Error:
+        pass
+
+
+def _same(pid: int, created: float):
+    """The process `pid` if it is still the one noted (same start time) and not a zombie (dead,
+    only not reaped: an orphan's parent may be a pid 1 that never reaps)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def _wait(procs: list[tuple[int, float]], timeout: float) -> list[tuple[int, float]]:
+    """Those of `procs` (pid, start time) still running after up to `timeout` seconds (zombies
+    count as gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = [(pid, c) for pid, c in procs if _same(pid, c) is not None]
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(0.1)
 
 
 def sweep_containers() -> int:

@@ -82,9 +82,13 @@ def test_tiny_run_end_to_end_with_bad_rows_ctrl_c_and_resume(tmp_path):
     # the end table compares two windows that share no step
     assert "done: 6 steps" in p.stdout and "first 3 steps" in p.stdout and "last 3 steps" in p.stdout
     assert (run / "checkpoints" / "step_6").is_dir()
-    offline = list((run / "wandb").glob("offline-run-*"))
-    assert offline, "W&B offline run missing"
-    assert f"W&B (offline): {offline[0]}" in p.stdout and f"wandb sync {offline[0]}" in p.stdout
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2, "W&B offline run missing"  # one folder per start, one W&B run id
+    run_id = (run / "wandb_run_id").read_text().strip()
+    assert all(d.name.endswith(run_id) for d in offline)
+    both = run / "wandb" / f"offline-run-*-{run_id}"
+    assert f"W&B (offline): {both} (2 folders: one per start)" in p.stdout
+    assert f"wandb sync {both}" in p.stdout
     # every step's line in train.log (both runs), a few samples per step
     log_steps = {int(m) for m in re.findall(r"\] - step (\d+)/6", (run / "train.log").read_text())}
     assert log_steps == {1, 2, 3, 4, 5, 6}
