@@ -107,9 +107,11 @@ def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> list[str
                             f"take keys of your own)"))
             continue
         keep.append(argv[i])
-    cfg = _compose_or_problems(conf_dir, config_name, keep, problems)
-    if cfg is not None:
-        problems += value_problems(cfg)
+    # a sweep (`-m a=1,2`) composes one config per job: each job's build() checks its values
+    if not any(ov.is_sweep_override() for ov in parsed):
+        cfg = _compose_or_problems(conf_dir, config_name, keep, problems)
+        if cfg is not None:
+            problems += value_problems(cfg)
     if problems:
         _exit(problems)
     return argv

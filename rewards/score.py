@@ -159,8 +159,8 @@ def score_rows(rows: list[dict | str], modules: list[str], options: dict, timeou
 class InOrder:
     """Writes result lines in input order as soon as a line and every line before it are known."""
 
-    def __init__(self, f, total: int):
-        self.f, self.total, self.next, self.waiting = f, total, 0, {}
+    def __init__(self, f):
+        self.f, self.next, self.waiting = f, 0, {}
 
     def __call__(self, i: int, result: dict[str, Any]) -> None:
         self.waiting[i] = result
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             sink = open(args.out, "w") if args.out else sys.stdout
         except OSError as e:
             ap.error(f"--out {args.out}: {e.strerror}")
-        writer, stopped = InOrder(sink, len(rows)), []
+        writer, stopped = InOrder(sink), []
         try:
             score_rows(rows, args.module, options, args.timeout_s, args.sandbox_backend, writer,
                        args.max_concurrency, stopped)

@@ -185,3 +185,10 @@ def test_every_experiment_passes_the_rules():
 def test_help_says_how_to_select_an_experiment():
     r = _run("--help")
     assert r.returncode == 0 and "Select one with +exp=NAME" in r.stdout
+
+
+def test_a_sweep_is_checked_key_by_key_and_its_values_per_job():
+    from cispo.config_check import check_or_exit
+
+    argv = ["+exp=tiny", "trainer.total_steps=10,20", "-m"]
+    assert check_or_exit(ROOT / "conf", "config", argv) == argv
