@@ -40,7 +40,7 @@ class ModelConfig:
     # Anything else: a Hugging Face model id or local directory (`from_pretrained`).
     name: str = "tiny"
     tokenizer: str | None = None  # default: same as `name`
-    dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU)
+    dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU); allowed values: cispo/config_rules.py
     trust_remote_code: bool = False
     # M1: LM head in FP32 (forward and backward, no TF32): train/rollout probability correlation
     # 0.987 -> 0.997. Log-probs then come from chunked FP32 products, never T x V logits.
@@ -160,7 +160,10 @@ class RewardConfig:
     default: Any = "math"
     timeout_s: float = 30.0  # wall clock for one reward call, sandbox start included
     error_score: float = 0.0  # score of a call that raised or timed out (counted in metrics)
-    max_concurrency: int = 8  # reward calls in flight
+    max_concurrency: int = 8  # reward calls in flight (async rewards: coroutines at once)
+    # a reward whose calls time out this many times in a row is stopped and the run ends with
+    # one error (an always-hanging reward would otherwise cost timeout_s per sample); 0 = never
+    max_consecutive_timeouts: int = 3
     # .py files whose @reward functions are registered before the sources are resolved
     modules: list[str] = field(default_factory=list)
     # per-reward settings, e.g. {"code": {"mode": "all"}, "math": {"timeout_s": 20}}:
@@ -237,6 +240,9 @@ class LearnerConfig:
 class TrainerConfig:
     total_steps: int = 100
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    # Ctrl-C: finish the current step, checkpoint it, print the resume command (a second
+    # Ctrl-C stops at once)
+    save_on_interrupt: bool = True
     seed: int = 0
 
 
@@ -246,6 +252,10 @@ class LoggingConfig:
     wandb_project: str = "cispo"
     wandb_entity: str | None = None
     progress: bool = True  # rich progress bar on the terminal
+    # without a terminal (SLURM, nohup, a pipe): a plain progress line this often (seconds);
+    # train.log gets every step's line either way
+    progress_every_s: float = 30.0
+    samples_per_step: int = 4  # completions logged per step to samples.jsonl and W&B (0 = none)
 
 
 @dataclass

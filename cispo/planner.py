@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cispo.layout import learner_layout
+from cispo.planner_advice import advice, changes_that_fit, summary
 from cispo.planner_memory import (
     DTYPE_BYTES,
     GIB,
@@ -27,26 +28,6 @@ from cispo.planner_memory import (
 )
 from cispo.planner_model import PlanError, param_counts, resolve_config, shape_of
 from sandboxes.sizes import memory_mb
-
-# What to change when a term is the largest one on a GPU that does not fit.
-ADVICE = {
-    "params": "more learner ranks (learner.num_workers) or learner.zero_stage=3",
-    "grads": "more learner ranks (learner.num_workers) or learner.zero_stage>=2",
-    "optimizer": "more learner ranks (learner.num_workers) or learner.zero_stage>=1",
-    "gathered_layers": "raise parallel.expert_parallel or lower parallel.prefetch_layers",
-    "checkpoints": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
-    "layer_recompute": ("set learner.gradient_checkpointing=true, raise parallel.sequence_parallel "
-                        "or lower parallel.micro_batch_tokens"),
-    "sp_buffers": "lower parallel.micro_batch_tokens (the gathered K/V hold the whole micro-batch)",
-    "head_weight": "more learner ranks cannot help (the head is gathered whole): use a smaller vocab or model",
-    "head_hidden": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
-    "head_chunk": "set parallel.head_chunk_tokens lower (e.g. 2048)",
-    "weights": "raise parallel.rollout_tensor_parallel or parallel.rollout_pipeline_parallel",
-    "kv_cache": "lower parallel.rollout_concurrency or the window (rollout.max_new_tokens / schedule.windows)",
-    "lightning_state": "lower parallel.rollout_concurrency",
-    "forward_workspace": "lower parallel.rollout_batched_tokens",
-    "reserve": "lower cluster.reserve_gib only if a measured peak allows it",
-}
 
 
 def seq_tokens(cfg: Any) -> int:
@@ -194,6 +175,11 @@ def build_plan(cfg: Any) -> dict:
     if on_gpu and colocated:
         placement_problems += colocate(occupants, engine_jobs)
     problems += placement_problems
+    if not on_gpu and gpus_needed(cfg) > 0:  # e.g. a GPU run planned on the default cluster
+        problems.append(f"the run asks for {gpus_needed(cfg):g} GPUs (learner.num_gpus_per_worker, "
+                        f"rollout.num_gpus_per_worker) but cluster.gpus_per_node=0 describes machines "
+                        f"without any: set cluster.nodes, cluster.gpus_per_node and "
+                        f"cluster.gpu_memory_gib to where it will run, or memory goes unchecked")
     l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
     per_gpu = [gpu_bytes(occ, l_terms, e_terms) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
@@ -204,7 +190,7 @@ def build_plan(cfg: Any) -> dict:
                 worst = max(terms, key=lambda k: terms[k])
                 problems.append(f"{role}: {total / GIB:.1f} GiB per GPU > cluster.gpu_memory_gib="
                                 f"{C.gpu_memory_gib:g}; largest term {worst} = "
-                                f"{terms[worst] / GIB:.1f} GiB: {ADVICE[worst]}")
+                                f"{terms[worst] / GIB:.1f} GiB: {advice(worst, cfg)}")
         shared = [i for i, occ in enumerate(occupants) if len(occ) > 1 and per_gpu[i] > budget]
         if shared and not any(p.startswith(("learner:", "rollout:")) for p in problems):
             problems.append(f"GPU {shared[0]} is shared by {', '.join(occupants[shared[0]])}: "
@@ -333,7 +319,8 @@ def format_plan(plan: dict) -> str:
     budget = plan["gpu_memory_gib"]
     out.append(f"fits: {plan['fits']}" + (f" (budget {budget:g} GiB/GPU, largest "
                                             f"{plan['max_gpu_memory_gib']:.2f})" if budget else " (CPU only: memory not checked)"))
-    out += [f"  - {p}" for p in plan["problems"]]
+    if plan["problems"]:
+        out += summary(plan, plan.get("changes_that_fit", {}))
     return "\n".join(out)
 
 
@@ -349,9 +336,12 @@ def sandbox_line(sb: dict) -> str:
 
 
 def run_plan(cfg: Any) -> dict:
-    """Print the plan and write run_dir/plan.json; exits 1 with the message on a PlanError."""
+    """Print the plan and write run_dir/plan.json; exits 1 with the message on a PlanError, and
+    1 after the plan when it does not fit (with the smallest changes that would)."""
     try:
         plan = build_plan(cfg)
+        if not plan["fits"]:
+            plan["changes_that_fit"] = changes_that_fit(cfg, plan)
     except PlanError as e:
         sys.exit(f"plan: {e}")
     run_dir = Path(cfg.run_dir)
@@ -359,6 +349,8 @@ def run_plan(cfg: Any) -> dict:
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(format_plan(plan))
     print(f"written: {run_dir / 'plan.json'}")
+    if not plan["fits"]:
+        sys.exit(1)
     return plan
 
 
@@ -366,10 +358,10 @@ def _main() -> None:
     """`python -m cispo.planner +exp=NAME` = `python -m cispo.train +exp=NAME plan=true`."""
     import hydra
 
-    from cispo.config_check import check_or_exit
+    from cispo.config_check import check_command_line
 
     conf = Path(__file__).resolve().parent.parent / "conf"
-    check_or_exit(conf, "config", sys.argv[1:])
+    check_command_line(conf)
 
     @hydra.main(config_path=str(conf), config_name="config", version_base=None)
     def main(cfg) -> None:
