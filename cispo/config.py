@@ -40,7 +40,7 @@ class ModelConfig:
     # Anything else: a Hugging Face model id or local directory (`from_pretrained`).
     name: str = "tiny"
     tokenizer: str | None = None  # default: same as `name`
-    dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU)
+    dtype: str = "float32"  # float32 | bfloat16 (bf16 on GPU); allowed values: cispo/config_rules.py
     trust_remote_code: bool = False
     # M1: LM head in FP32 (forward and backward, no TF32): train/rollout probability correlation
     # 0.987 -> 0.997. Log-probs then come from chunked FP32 products, never T x V logits.
@@ -125,13 +125,27 @@ class SandboxConfig:
     # isolation: never chosen automatically; set it explicitly where Docker cannot run.
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"  # built by `python -m sandboxes.image build`
-    num_workers: int = 2  # warm scoring workers (containers)
+    # warm scoring workers (containers); with placement=actors, in all, split over the scorers
+    # by their slots
+    num_workers: int = 2
     # memory = memory+swap limit per worker: MB (512), or Docker's size syntax (512m, 1g, 2GiB)
     memory_mb: Any = 512
     cpus: float = 1.0  # CPU quota per worker
     pids_limit: int = 64
     verdict_timeout_s: float = 10.0  # wall clock per verdict; over it the worker is killed+replaced
     start_timeout_s: float = 60.0  # a worker must answer its first ping within this
+    # where the sandboxed rewards (math, code, swe; @reward(..., sandbox=True)) run. "local": in
+    # the trainer's process, on its machine's Docker engine (one machine: the demo, the tests).
+    # "actors": in scorer actors on the Ray nodes that advertise `resource`, each using its own
+    # node's engine (a cluster; rewards.scorers, docs/launch.md). Our choice: local, so a single
+    # machine needs no Ray resource set up; the cluster experiments (m1_*) set actors.
+    placement: str = "local"
+    # the Ray resource sandbox nodes advertise: `ray start --resources='{"sandbox": N}'`, N = the
+    # reward calls a node runs at once (launch/ sets N = the node's CPUs / sandbox.cpus)
+    resource: str = "sandbox"
+    scorers_per_node: int = 1  # scorer actors per sandbox node; they split its N slots
+    max_restarts: int = 3  # Ray restarts of a dead scorer (its calls in flight go elsewhere once)
+    nodes_wait_s: float = 600.0  # how long the start waits for the first sandbox node to join
 
 
 @dataclass
@@ -155,7 +169,10 @@ class RewardConfig:
     default: Any = "math"
     timeout_s: float = 30.0  # wall clock for one reward call, sandbox start included
     error_score: float = 0.0  # score of a call that raised or timed out (counted in metrics)
-    max_concurrency: int = 8  # reward calls in flight
+    max_concurrency: int = 8  # reward calls in flight (async rewards: coroutines at once)
+    # a reward whose calls time out this many times in a row is stopped and the run ends with
+    # one error (an always-hanging reward would otherwise cost timeout_s per sample); 0 = never
+    max_consecutive_timeouts: int = 3
     # .py files whose @reward functions are registered before the sources are resolved
     modules: list[str] = field(default_factory=list)
     # per-reward settings, e.g. {"code": {"mode": "all"}, "math": {"timeout_s": 20}}:
@@ -233,6 +250,9 @@ class LearnerConfig:
 class TrainerConfig:
     total_steps: int = 100
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    # Ctrl-C: finish the current step, checkpoint it, print the resume command (a second
+    # Ctrl-C stops at once)
+    save_on_interrupt: bool = True
     seed: int = 0
 
 
@@ -242,6 +262,10 @@ class LoggingConfig:
     wandb_project: str = "cispo"
     wandb_entity: str | None = None
     progress: bool = True  # rich progress bar on the terminal
+    # without a terminal (SLURM, nohup, a pipe): a plain progress line this often (seconds);
+    # train.log gets every step's line either way
+    progress_every_s: float = 30.0
+    samples_per_step: int = 4  # completions logged per step to samples.jsonl and W&B (0 = none)
 
 
 @dataclass
@@ -365,6 +389,9 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     # issue 6
     plan: bool = False  # print the resource plan, write run_dir/plan.json, train nothing
+    # check the cluster instead of training: every node answers, Docker and the sandbox image on
+    # the sandbox nodes, run_dir shared by the nodes (cispo.preflight, docs/launch.md)
+    preflight: bool = False
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -1,8 +1,11 @@
-"""Fail fast, and helpfully, on a config key the schema does not declare.
+"""Fail fast, and helpfully, on a config the run cannot use: checked before anything starts.
 
-Hydra already rejects unknown keys; its message names the key but not the valid ones. Before
-handing the command line to `@hydra.main`, `check_or_exit` composes the config once and, on a
-bad key, prints the keys that are valid at that level (with the closest match) and exits 2.
+Before handing the command line to `@hydra.main`, `check_or_exit` reads every override and
+composes the config once: a key the schema does not declare (with the keys valid at that level
+and the closest match), a `+key` outside the dicts that take free keys, a config group set
+without its `+` (`exp=tiny`), a value outside its range or choices (`cispo.config_rules`) and
+settings that cannot work together (`value_problems`) are printed together, in one message, and
+the process exits 2. It takes well under the 5 s a user waits for a typo to be pointed out.
 """
 
 from __future__ import annotations
@@ -14,21 +17,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cispo.config import Config
-
-
-def _unknown_key(exc: BaseException) -> str | None:
-    """The dotted key behind a composition error, if the error is about an unknown key."""
-    seen = exc
-    while seen is not None:
-        full_key = getattr(seen, "full_key", None)
-        if full_key and any(s in str(seen) for s in ("not in", "not found", "Could not")):
-            return str(full_key)
-        text = str(seen)
-        for marker in ("Could not override '", "Could not append to config. An item is already at '"):
-            if marker in text:
-                return text.split(marker, 1)[1].split("'", 1)[0]
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def valid_keys(dotted: str) -> tuple[str, list[str]]:
@@ -60,35 +48,152 @@ def explain(dotted: str) -> str:
             f"(every key, with its default and unit: cispo/config.py; `--cfg job` prints the config)")
 
 
-def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> None:
+def free_key_dicts(schema: type = Config, prefix: str = "") -> list[str]:
+    """The keys declared as dicts of free keys (`reward.options`, `algorithm.loss_options`,
+    `rollout.vllm`, ...): keys under them are the user's, not the schema's."""
+    import dataclasses
+    import typing
+
+    out, hints = [], typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out += free_key_dicts(t, f"{prefix}{f.name}.")
+        elif typing.get_origin(t) is dict:
+            out.append(prefix + f.name)
+    return out
+
+
+def _under_free_dict(key: str) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in free_key_dicts())
+
+
+def config_groups(conf_dir: Path) -> list[str]:
+    return sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> list[str]:
+    """Check the command line's overrides and every value of the config they compose, before
+    anything starts; on problems print them all in one message and exit 2. Returns argv with
+    overrides of keys under free-key dicts made `++key=value`, so that
+    `reward.options.code.mode=all` works as the docs write it (Hydra wants a `+` for a key an
+    empty dict does not have yet)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    positions = [i for i, a in enumerate(argv)
+                 if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
+    try:
+        parsed = OverridesParser.create().parse_overrides([argv[i] for i in positions])
+    except Exception as exc:  # noqa: BLE001  (a syntax error: Hydra's message says where)
+        _exit([f"{exc}"])
+    groups, problems, argv = config_groups(conf_dir), [], list(argv)
+    keep: list[str] = []
+    for i, ov in zip(positions, parsed, strict=True):
+        key = ov.key_or_group
+        if key in groups or key.split("@")[0] in groups:
+            if not (ov.is_add() or ov.is_force_add() or ov.is_delete()):
+                options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+                problems.append(f"'{key}' is a config group ({', '.join(options)}): select one with "
+                                f"+{ov.input_line} (the + adds it to the defaults list)")
+                continue
+        elif ov.is_delete():
+            pass
+        elif _under_free_dict(key):
+            if not ov.is_force_add():
+                argv[i] = "++" + argv[i].lstrip("+")
+        elif not _declared(key):
+            problems.append(explain(key) + ("" if ov.type.name == "CHANGE" else
+                            f"\n('+' adds keys only under {', '.join(free_key_dicts())}, which "
+                            f"take keys of your own)"))
+            continue
+        keep.append(argv[i])
+    # a sweep (`-m a=1,2`) composes one config per job: each job's build() checks its values
+    if not any(ov.is_sweep_override() for ov in parsed):
+        cfg = _compose_or_problems(conf_dir, config_name, keep, problems)
+        if cfg is not None:
+            problems += value_problems(cfg)
+    if problems:
+        _exit(problems)
+    return argv
+
+
+_checked_argv: list[str] | None = None
+
+
+def check_command_line(conf_dir: Path | None = None) -> None:
+    """`check_or_exit` on this process's command line (sys.argv, rewritten in place); once per
+    process, so the entry point may call it before its heavy imports and again in `cli()`."""
+    global _checked_argv
+    if _checked_argv is not None and _checked_argv == sys.argv[1:]:
+        return
+    conf_dir = conf_dir or Path(__file__).resolve().parent.parent / "conf"
+    sys.argv[1:] = check_or_exit(conf_dir, "config", sys.argv[1:])
+    _checked_argv = list(sys.argv[1:])
+
+
+def _compose_or_problems(conf_dir: Path, config_name: str, overrides: list[str], problems: list[str]):
+    """The composed config, or None with what went wrong appended to `problems` (each bad
+    override found by composing it alone)."""
     from hydra import compose, initialize_config_dir
 
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
-    try:
+    def attempt(ovs: list[str]):
         with initialize_config_dir(str(conf_dir), version_base=None):
-            compose(config_name, overrides=overrides)
-    except Exception as exc:  # hydra wraps omegaconf's errors in several layers
-        key = _unknown_key(exc)
-        if key is None or _declared(key.lstrip("+~")):
-            # some other problem (e.g. setting keys in an empty dict without `+`): let Hydra
-            # report it in its own words
-            return
-        print(explain(key.lstrip("+~")), file=sys.stderr)
-        sys.exit(2)
+            return compose(config_name, overrides=ovs)
+
+    try:
+        return attempt(overrides)
+    except Exception as exc:  # noqa: BLE001  (hydra wraps omegaconf's errors in several layers)
+        first = exc
+    base = [o for o in overrides if o.lstrip("+~").split("=")[0].split("@")[0] in config_groups(conf_dir)]
+    found = []
+    for o in overrides:
+        if o in base:
+            continue
+        try:
+            attempt(base + [o])
+        except Exception as exc:  # noqa: BLE001
+            found.append(f"{o}: {_reason(exc)}")
+    problems += found or [_reason(first)]
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """Hydra's message and the omegaconf cause under it, on one or two lines."""
+    parts, seen = [], exc
+    while seen is not None and len(parts) < 3:
+        text = str(seen).strip().split("\n")[0]
+        if text and text not in parts:
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return ": ".join(parts)
+
+
+def _exit(problems: list[str]) -> None:
+    head = "config: 1 problem" if len(problems) == 1 else f"config: {len(problems)} problems"
+    print(f"{head} (nothing was started):", file=sys.stderr)
+    for p in problems:
+        lines = p.splitlines()
+        print("  - " + "\n    ".join(lines), file=sys.stderr)
+    sys.exit(2)
 
 
 def value_problems(cfg) -> list[str]:
     """Settings that are each valid but cannot work together; checked before any worker starts,
     so the user reads one line instead of a traceback from inside a Ray actor after generation."""
+    from cispo.config_rules import rule_problems
     from cispo.layout import layout_problems
 
     P = cfg.parallel
-    problems = layout_problems(cfg.learner.num_workers, P)
+    problems = rule_problems(cfg) + layout_problems(cfg.learner.num_workers, P)
     longest = cfg.data.max_prompt_tokens + max([cfg.rollout.max_new_tokens, *cfg.schedule.windows])
     if P.micro_batch_tokens > 0 and P.micro_batch_tokens < longest:
         problems.append(f"parallel.micro_batch_tokens={P.micro_batch_tokens} is smaller than the longest "
                         f"sequence the run can produce ({longest} = data.max_prompt_tokens + the largest "
                         f"output window): raise it to at least {longest}")
+    G, adv = cfg.rollout.group_size, cfg.algorithm.advantage
+    if G == 1 and adv in ("group_norm", "group_mean", "rloo"):
+        problems.append(f"rollout.group_size=1: algorithm.advantage={adv} compares a prompt's samples "
+                        f"with each other; one sample per prompt makes every advantage 0: use >= 2")
     if cfg.rollout.routing_replay and P.micro_batch_tokens:
         problems.append("rollout.routing_replay replays padded rows only: set parallel.micro_batch_tokens=0")
     if not cfg.model.fp32_lm_head:
@@ -96,20 +201,13 @@ def value_problems(cfg) -> list[str]:
                                 ("learner.head_precision", cfg.learner.head_precision, "ieee")):
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
-    problems += _size_problems(cfg)
-    problems += _recipe_problems(cfg)
+    problems += _size_problems(cfg) + _sandbox_problems(cfg) + _recipe_problems(cfg)
     return problems
 
 
 def _recipe_problems(cfg) -> list[str]:
-    """Off-policyness, prompt retirement and loss averaging (ScaleRL's options) that cannot work."""
+    """Loss averaging that the loss cannot do (ranges of ScaleRL's options: cispo.config_rules)."""
     out = []
-    if cfg.rollout.async_generation and cfg.rollout.max_staleness < 1:
-        out.append(f"rollout.max_staleness={cfg.rollout.max_staleness}: async generation is at least "
-                   "1 step off-policy; for on-policy rollouts set rollout.async_generation=false")
-    rate = cfg.data.retire_pass_rate
-    if rate is not None and not 0.0 <= rate <= 1.0:
-        out.append(f"data.retire_pass_rate={rate} is a pass rate: 0..1 (ScaleRL: 0.9), or null for off")
     if cfg.algorithm.normalization == "prompt" and cfg.algorithm.loss == "grpo":
         out.append("algorithm.loss=grpo normalises per sample: use normalization=sample, or "
                    "loss=dapo/cispo for prompt-level averaging")
@@ -146,3 +244,24 @@ def _size_problems(cfg) -> list[str]:
         except ValueError as e:
             out.append(str(e))
     return out
+
+
+def _sandbox_problems(cfg) -> list[str]:
+    """Where the sandboxed rewards run (sandbox.placement, rewards.scorers); the message names
+    the resource the actors need, so this check is here rather than a plain choice rule."""
+    S = cfg.sandbox
+    if S.placement not in ("local", "actors"):
+        return [f"sandbox.placement={S.placement!r}: use local (this machine's Docker engine) or "
+                f"actors (scorer actors on the Ray nodes that advertise the '{S.resource}' resource)"]
+    return []
+
+
+def local_ray_problems(cfg) -> list[str]:
+    """What a local Ray (no ray.address) cannot give the run besides GPUs: nodes that advertise
+    the sandbox resource, for sandbox.placement=actors."""
+    S = cfg.sandbox
+    if S.placement == "actors" and not cfg.ray.address:
+        return [f"sandbox.placement=actors puts the scorers on the Ray nodes that advertise the "
+                f"'{S.resource}' resource: join that cluster with ray.address (launch/), or score "
+                "on this machine with sandbox.placement=local"]
+    return []

@@ -2,11 +2,15 @@
 
 Sources (`data.source`): "arithmetic" (built in), a local .jsonl/.json/.parquet file, or a hub
 dataset name. A row needs a non-empty string prompt and a reference (column names from config);
-rows that fail are skipped, counted per reason, and logged — never fatal, never silent.
+rows that fail are skipped, counted per reason, and logged with where they are (`file:line` of a
+JSON Lines file, 1-based; `row N` elsewhere) — never fatal, never silent. A line that is not
+JSON at all is such a row too: JSON files are read here, line by line, not by pyarrow, whose
+error on one bad line names neither the file nor the line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -32,8 +36,51 @@ class Prompt:
     row: dict = field(default_factory=dict)  # every other column, passed to the reward as metadata
 
 
+class Rows(list):
+    """Rows read from a JSON file: a list of dicts that knows where each came from, and the
+    lines that were not rows at all (not JSON, or not an object)."""
+
+    def __init__(self, rows: list, where: list[str], bad: list[tuple[str, str]]):
+        super().__init__(rows)
+        self.where = where  # "file:line" of each row
+        self.bad = bad  # (where, why) of each line that is not a row
+
+
+def read_json_rows(path: Path) -> Rows:
+    """A .jsonl file (one object per line; blank lines are not rows), or a .json file holding a
+    list of objects or JSON Lines."""
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(items, list):
+            raise DataError(f"{path}: a .json data file holds a list of objects or JSON Lines")
+        ok = [i for i, item in enumerate(items, 1) if isinstance(item, dict)]
+        return Rows([items[i - 1] for i in ok], [f"{path} item {i}" for i in ok],
+                    [(f"{path} item {i}", "not a JSON object") for i, item in enumerate(items, 1)
+                     if not isinstance(item, dict)])
+    rows, where, bad = [], [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append((f"{path}:{n}", f"not JSON ({e.msg}, column {e.colno})"))
+            continue
+        if not isinstance(row, dict):
+            bad.append((f"{path}:{n}", f"not a JSON object (a {type(row).__name__})"))
+            continue
+        rows.append(row)
+        where.append(f"{path}:{n}")
+    return Rows(rows, where, bad)
+
+
 def load_rows(cfg: Any):
-    """The raw `datasets.Dataset` named by `data.source`."""
+    """The rows named by `data.source`: a `datasets.Dataset` (built-in task, parquet, hub) or,
+    for JSON files, `Rows`."""
     import datasets
 
     src = cfg.source
@@ -46,32 +93,68 @@ def load_rows(cfg: Any):
     if path.suffix in kinds:
         if not path.exists():
             raise DataError(f"data.source={src!r}: no such file")
+        if kinds[path.suffix] == "json":
+            return read_json_rows(path)
         return datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
     return datasets.load_dataset(src, split=cfg.split)
 
 
 def validate(ds, cfg: Any, tokenizer) -> tuple[list[Prompt], Counter]:
-    """Rows → Prompts; returns (kept, Counter of skip reasons)."""
+    """Rows → Prompts; returns (kept, Counter of skip reasons). Every skipped row is named by
+    where it is (the first few one by one, all of them in the closing summary)."""
     kept: list[Prompt] = []
     skipped: Counter = Counter()
+    where = getattr(ds, "where", None)
+    bad: dict[str, list[str]] = {}  # reason -> locations
+    for loc, reason in getattr(ds, "bad", []):
+        bad.setdefault(reason.split(" (")[0], []).append(loc)
+        skipped[reason.split(" (")[0]] += 1
+        _warn_row(sum(skipped.values()), loc, reason)
     for i, row in enumerate(ds):
         text, reason = prompt_text(row, cfg)
         if reason is None:
             ids, reason = tokenize_checked(text, row, cfg, tokenizer)
         if reason:
+            loc = where[i] if where else f"{cfg.source} row {i + 1}"
             skipped[reason] += 1
-            if sum(skipped.values()) <= 5:
-                log.warning("skipping data row %d: %s", i, reason)
+            bad.setdefault(reason, []).append(loc)
+            _warn_row(sum(skipped.values()), loc, reason)
             continue
         source = row.get(cfg.data_source_key) or cfg.default_data_source
         extra = {k: v for k, v in row.items() if k not in (cfg.prompt_key, cfg.reference_key)}
         kept.append(Prompt(text, ids, row[cfg.reference_key], str(source), extra))
     if skipped:
-        log.warning("skipped %d of %d data rows: %s", sum(skipped.values()), len(ds), dict(skipped))
+        total = len(ds) + len(getattr(ds, "bad", []))
+        log.warning("skipped %d of %d data rows: %s", sum(skipped.values()), total,
+                    "; ".join(f"{reason}: {_locations(locs)}" for reason, locs in bad.items()))
     if not kept:
         raise DataError(f"data.source={cfg.source!r}: no usable rows ({dict(skipped)}); "
-                         f"rows need '{cfg.prompt_key}' and '{cfg.reference_key}'")
+                        f"rows need '{cfg.prompt_key}' and '{cfg.reference_key}'"
+                        + (f"; e.g. {next(iter(bad.values()))[0]}" if bad else ""))
     return kept, skipped
+
+
+SHOWN_ROWS = 5  # skipped rows logged one by one; the rest only in the summary
+
+
+def _warn_row(n: int, loc: str, reason: str) -> None:
+    if n <= SHOWN_ROWS:
+        log.warning("skipping data row %s: %s", loc, reason)
+
+
+def _locations(locs: list[str]) -> str:
+    """'d.jsonl:3, 7-9, 12' (one file's line numbers as runs) or the locations as they are."""
+    head = locs[0].rpartition(":")[0]
+    nums = [loc.rpartition(":")[2] for loc in locs]
+    if not head or any(loc.rpartition(":")[0] != head for loc in locs) or not all(x.isdigit() for x in nums):
+        return ", ".join(locs)
+    runs: list[list[int]] = []
+    for n in map(int, nums):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return f"{head}:" + ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def prompt_text(row: dict, cfg: Any) -> tuple[Any, str | None]:

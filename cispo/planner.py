@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cispo.layout import learner_layout
+from cispo.planner_advice import advice, changes_that_fit, summary
 from cispo.planner_memory import (
     DTYPE_BYTES,
     GIB,
@@ -27,26 +28,6 @@ from cispo.planner_memory import (
 )
 from cispo.planner_model import PlanError, param_counts, resolve_config, shape_of
 from sandboxes.sizes import memory_mb
-
-# What to change when a term is the largest one on a GPU that does not fit.
-ADVICE = {
-    "params": "more learner ranks (learner.num_workers) or learner.zero_stage=3",
-    "grads": "more learner ranks (learner.num_workers) or learner.zero_stage>=2",
-    "optimizer": "more learner ranks (learner.num_workers) or learner.zero_stage>=1",
-    "gathered_layers": "raise parallel.expert_parallel or lower parallel.prefetch_layers",
-    "checkpoints": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
-    "layer_recompute": ("set learner.gradient_checkpointing=true, raise parallel.sequence_parallel "
-                        "or lower parallel.micro_batch_tokens"),
-    "sp_buffers": "lower parallel.micro_batch_tokens (the gathered K/V hold the whole micro-batch)",
-    "head_weight": "more learner ranks cannot help (the head is gathered whole): use a smaller vocab or model",
-    "head_hidden": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
-    "head_chunk": "set parallel.head_chunk_tokens lower (e.g. 2048)",
-    "weights": "raise parallel.rollout_tensor_parallel or parallel.rollout_pipeline_parallel",
-    "kv_cache": "lower parallel.rollout_concurrency or the window (rollout.max_new_tokens / schedule.windows)",
-    "lightning_state": "lower parallel.rollout_concurrency",
-    "forward_workspace": "lower parallel.rollout_batched_tokens",
-    "reserve": "lower cluster.reserve_gib only if a measured peak allows it",
-}
 
 
 def seq_tokens(cfg: Any) -> int:
@@ -194,6 +175,11 @@ def build_plan(cfg: Any) -> dict:
     if on_gpu and colocated:
         placement_problems += colocate(occupants, engine_jobs)
     problems += placement_problems
+    if not on_gpu and gpus_needed(cfg) > 0:  # e.g. a GPU run planned on the default cluster
+        problems.append(f"the run asks for {gpus_needed(cfg):g} GPUs (learner.num_gpus_per_worker, "
+                        f"rollout.num_gpus_per_worker) but cluster.gpus_per_node=0 describes machines "
+                        f"without any: set cluster.nodes, cluster.gpus_per_node and "
+                        f"cluster.gpu_memory_gib to where it will run, or memory goes unchecked")
     l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
     per_gpu = [gpu_bytes(occ, l_terms, e_terms) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
@@ -204,25 +190,15 @@ def build_plan(cfg: Any) -> dict:
                 worst = max(terms, key=lambda k: terms[k])
                 problems.append(f"{role}: {total / GIB:.1f} GiB per GPU > cluster.gpu_memory_gib="
                                 f"{C.gpu_memory_gib:g}; largest term {worst} = "
-                                f"{terms[worst] / GIB:.1f} GiB: {ADVICE[worst]}")
+                                f"{terms[worst] / GIB:.1f} GiB: {advice(worst, cfg)}")
         shared = [i for i, occ in enumerate(occupants) if len(occ) > 1 and per_gpu[i] > budget]
         if shared and not any(p.startswith(("learner:", "rollout:")) for p in problems):
             problems.append(f"GPU {shared[0]} is shared by {', '.join(occupants[shared[0]])}: "
                             f"{per_gpu[shared[0]] / GIB:.1f} GiB together > "
                             f"{C.gpu_memory_gib:g} GiB; give each its own GPU or shrink one")
 
-    S = cfg.sandbox
-    sandbox_cpus = S.num_workers * S.cpus
-    if C.cpu_nodes:
-        have_cpus, where = C.cpu_nodes * C.cpus_per_cpu_node, "cpu nodes"
-        if sandbox_cpus > have_cpus:
-            problems.append(f"sandboxes need {sandbox_cpus:g} CPUs (sandbox.num_workers x "
-                            f"sandbox.cpus), the CPU nodes have {have_cpus}: add cluster.cpu_nodes")
-        if S.num_workers * memory_mb(S.memory_mb) / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
-            problems.append("sandboxes need more memory than the CPU nodes have: add "
-                            "cluster.cpu_nodes or lower sandbox.memory_mb")
-    else:
-        have_cpus, where = C.nodes * C.cpus_per_node, "gpu nodes"
+    sandbox, sandbox_problems = plan_sandboxes(cfg)
+    problems += sandbox_problems
 
     used_gpus = sum(1 for occ in occupants if occ)
     return {
@@ -247,15 +223,55 @@ def build_plan(cfg: Any) -> dict:
                     "concurrency_per_engine": concurrency, "sequences_per_step": sequences,
                     "waves_per_step": -(-sequences // (concurrency * R.num_workers)),
                     "per_gpu_memory_gib": round(e_bytes / GIB, 3), "terms_gib": _gib(e_terms)},
-        "sandbox": {"containers": S.num_workers, "cpus": sandbox_cpus,
-                    "memory_gib": round(S.num_workers * memory_mb(S.memory_mb) / 1024, 3),
-                    "placed_on": where, "available_cpus": have_cpus},
+        "sandbox": sandbox,
         "max_gpu_memory_gib": round(max(per_gpu, default=0.0) / GIB, 3),
         "gpu_memory_gib": C.gpu_memory_gib if on_gpu else None,
         "placement": _placement_summary(occupants, C.gpus_per_node),
         "fits": not problems,
         "problems": problems,
     }
+
+
+def plan_sandboxes(cfg: Any) -> tuple[dict, list[str]]:
+    """Where the sandboxes go, as the run places them (sandbox.placement): `local`, in the
+    trainer's process on the driver's node (a GPU node's CPUs); `actors`, scorer actors on the
+    CPU nodes (cluster.cpu_nodes), each node advertising cpus_per_cpu_node / sandbox.cpus slots
+    (what launch/ starts them with). The warm verdict containers (sandbox.num_workers) are split
+    over the scorers by slots."""
+    C, S = cfg.cluster, cfg.sandbox
+    gib = memory_mb(S.memory_mb) / 1024
+    out = {"placement": S.placement, "containers": S.num_workers, "cpus": S.num_workers * S.cpus,
+           "memory_gib": round(S.num_workers * gib, 3)}
+    problems: list[str] = []
+    if S.placement != "actors":
+        out.update(placed_on="the driver's node", scorers=0, available_cpus=C.cpus_per_node)
+        if C.cpu_nodes:
+            problems.append(f"cluster.cpu_nodes={C.cpu_nodes} plans sandbox nodes, but "
+                            "sandbox.placement=local scores in the trainer's process on the "
+                            "driver's node: set sandbox.placement=actors")
+        if out["cpus"] > C.cpus_per_node:
+            problems.append(f"sandboxes need {out['cpus']:g} CPUs (sandbox.num_workers x "
+                            f"sandbox.cpus) on the driver's node, which has {C.cpus_per_node} "
+                            "(cluster.cpus_per_node): use sandbox.placement=actors with CPU nodes")
+        return out, problems
+    slots = int(C.cpus_per_cpu_node // S.cpus) if S.cpus > 0 else C.cpus_per_cpu_node
+    per_node = min(S.scorers_per_node, max(slots, 1))
+    per_container_node = -(-S.num_workers // max(C.cpu_nodes, 1))
+    out.update(placed_on="cpu nodes", scorers=C.cpu_nodes * per_node, scorers_per_node=per_node,
+               slots_per_node=slots, containers_per_node=per_container_node,
+               available_cpus=C.cpu_nodes * C.cpus_per_cpu_node)
+    if not C.cpu_nodes:
+        problems.append(f"sandbox.placement=actors puts scorers on the nodes that advertise the "
+                        f"'{S.resource}' resource, and cluster.cpu_nodes=0 plans none: set "
+                        "cluster.cpu_nodes (the CPU nodes launch/ starts with that resource)")
+    elif per_container_node * S.cpus > C.cpus_per_cpu_node:
+        problems.append(f"sandboxes need {per_container_node * S.cpus:g} CPUs per CPU node "
+                        f"(sandbox.num_workers / cluster.cpu_nodes x sandbox.cpus), a node has "
+                        f"{C.cpus_per_cpu_node}: add cluster.cpu_nodes")
+    elif per_container_node * gib > C.cpu_node_memory_gib:
+        problems.append("sandboxes need more memory per CPU node than it has: add "
+                        "cluster.cpu_nodes or lower sandbox.memory_mb")
+    return out, problems
 
 
 def _placement_summary(occupants: list[list[str]], per_node: int) -> list[dict]:
@@ -289,8 +305,7 @@ def format_plan(plan: dict) -> str:
            f"(TP {ro['tensor_parallel']} x PP {ro['pipeline_parallel']}), "
            f"{ro['concurrency_per_engine']} sequences of {ro['sequence_tokens']} tokens in flight "
            f"each, {ro['waves_per_step']} wave(s) per step",
-           f"sandboxes: {plan['sandbox']['containers']} containers, "
-           f"{plan['sandbox']['cpus']:g} CPUs on {plan['sandbox']['placed_on']}", ""]
+           sandbox_line(plan["sandbox"]), ""]
     out.append(f"{'term':<20}{'GiB/GPU':>10}   {'term':<20}{'GiB/GPU':>10}")
     lt, rt = list(lr["terms_gib"].items()), list(ro["terms_gib"].items())
     for i in range(max(len(lt), len(rt))):
@@ -304,14 +319,29 @@ def format_plan(plan: dict) -> str:
     budget = plan["gpu_memory_gib"]
     out.append(f"fits: {plan['fits']}" + (f" (budget {budget:g} GiB/GPU, largest "
                                             f"{plan['max_gpu_memory_gib']:.2f})" if budget else " (CPU only: memory not checked)"))
-    out += [f"  - {p}" for p in plan["problems"]]
+    if plan["problems"]:
+        out += summary(plan, plan.get("changes_that_fit", {}))
     return "\n".join(out)
 
 
+def sandbox_line(sb: dict) -> str:
+    if sb["placement"] != "actors":
+        return (f"sandboxes: in the trainer's process on {sb['placed_on']} "
+                f"(sandbox.placement={sb['placement']}): {sb['containers']} containers, "
+                f"{sb['cpus']:g} of its {sb['available_cpus']} CPUs")
+    return (f"sandboxes: {sb['scorers']} scorer actors on {sb['placed_on']} "
+            f"({sb['scorers_per_node']} per node, {sb['slots_per_node']} calls at once each node), "
+            f"{sb['containers']} warm containers ({sb['containers_per_node']} per node), "
+            f"{sb['cpus']:g} of {sb['available_cpus']} CPUs")
+
+
 def run_plan(cfg: Any) -> dict:
-    """Print the plan and write run_dir/plan.json; exits 1 with the message on a PlanError."""
+    """Print the plan and write run_dir/plan.json; exits 1 with the message on a PlanError, and
+    1 after the plan when it does not fit (with the smallest changes that would)."""
     try:
         plan = build_plan(cfg)
+        if not plan["fits"]:
+            plan["changes_that_fit"] = changes_that_fit(cfg, plan)
     except PlanError as e:
         sys.exit(f"plan: {e}")
     run_dir = Path(cfg.run_dir)
@@ -319,6 +349,8 @@ def run_plan(cfg: Any) -> dict:
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(format_plan(plan))
     print(f"written: {run_dir / 'plan.json'}")
+    if not plan["fits"]:
+        sys.exit(1)
     return plan
 
 
@@ -326,10 +358,10 @@ def _main() -> None:
     """`python -m cispo.planner +exp=NAME` = `python -m cispo.train +exp=NAME plan=true`."""
     import hydra
 
-    from cispo.config_check import check_or_exit
+    from cispo.config_check import check_command_line
 
     conf = Path(__file__).resolve().parent.parent / "conf"
-    check_or_exit(conf, "config", sys.argv[1:])
+    check_command_line(conf)
 
     @hydra.main(config_path=str(conf), config_name="config", version_base=None)
     def main(cfg) -> None:

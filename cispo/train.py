@@ -6,9 +6,15 @@ One step: prompts → rollout (Ray generation workers) → rewards (sandboxed) �
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # the command line is checked before the heavy imports below (~1 s)
+    from cispo.config_check import check_command_line
+
+    check_command_line()
+
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -19,20 +25,23 @@ import ray
 import torch
 from omegaconf import DictConfig
 
-from cispo import checkpoint, data, sampling, user_modules
+from cispo import checkpoint, data, interrupt, sampling, user_modules, watchdog
 from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
-from cispo.config_check import resource_problems, value_problems
+from cispo.config_check import local_ray_problems, resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
-from cispo.monitor import Progress, RunLogger
+from cispo.monitor import Progress, RunLogger, sample_rows
 from cispo.planner import run_plan
+from cispo.preflight import run_preflight
+from cispo.report import summary
 from cispo.sampling import Rollout
 from cispo.schedule import WindowSchedule, stats_from_samples
 from cispo.staleness import RolloutsAhead, from_checkpoint, max_staleness, to_checkpoint
-from rewards.manager import RewardManager
+from rewards.manager import RewardManager, RewardStopped
+from rewards.scorers import ScorerUnavailable
 from rollout.manager import RolloutManager
 from sandboxes.engine import DockerUnavailable
 
@@ -45,13 +54,16 @@ NODES_WAIT_S = 600.0  # a joined cluster's nodes may still be starting (KubeRay 
 def main(cfg: DictConfig) -> None:
     if cfg.plan:  # resources only: no Docker, no Ray, no GPU
         return run_plan(cfg)
+    if cfg.preflight:  # the cluster only: nodes, Docker on the sandbox nodes, a shared run_dir
+        return run_preflight(cfg)
     p = build(cfg)
     A, G, total = cfg.algorithm, cfg.rollout.group_size, cfg.trainer.total_steps
     # async: later steps' rollouts (Ray calls + reward scoring) run in a thread while the learner
     # trains, each sampled at most rollout.max_staleness syncs ago (cispo.staleness); resumed:
     # the rollouts the checkpoint kept come first
     ahead = RolloutsAhead(partial(rollout_step, p, cfg), max_staleness(cfg), p.start, total, p.resumed)
-    with Progress(total, p.start, cfg.logging.progress) as bar:
+    with Progress(total, p.start, cfg.logging.progress, cfg.logging.progress_every_s) as bar, \
+            interrupt.StopRequest() as stop:  # Ctrl-C: finish the step, checkpoint, stop
         for step in range(p.start, total):
             t0 = time.monotonic()
             ro = ahead.take(step)                                    # 1-3. prompts → rollout → reward
@@ -79,13 +91,23 @@ def main(cfg: DictConfig) -> None:
                        "time/step_s": time.monotonic() - t0,
                        **perf_metrics(samples, items, ro.seconds, t2 - t1)}
             p.logger.log(step, metrics)
+            p.logger.log_samples(step, sample_rows(samples, scores, p.tokenizer, cfg.logging.samples_per_step))
             bar.update(step, metrics)
-            if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                next_ros = ahead.kept()  # finished: settled above
-                checkpoint.save(p.learner, p.run_dir, step + 1, states(p, next_ros),
-                                to_checkpoint(next_ros, p.rollout.version))
+            stopping = stop.requested and step + 1 < total
+            if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or \
+                    (stopping and cfg.trainer.save_on_interrupt):
+                save(p, step + 1, ahead)
+            if stopping:
+                ahead.close()
+                return stopped(cfg, p, step + 1, stop.signal_name)
     ahead.close()
     finish(cfg, p)
+
+
+def save(p: Parts, step: int, ahead: RolloutsAhead) -> Path:
+    next_ros = ahead.kept()  # finished: settled in the step
+    return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ros),
+                           to_checkpoint(next_ros, p.rollout.version))
 
 
 @dataclass
@@ -125,18 +147,25 @@ def build(cfg: DictConfig) -> Parts:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
-    if problems := value_problems(cfg):
-        sys.exit("config: " + "\nconfig: ".join(problems))
+    if problems := value_problems(cfg):  # cli() checked already; main() may be called directly
+        print("config: " + "\nconfig: ".join(problems), file=sys.stderr)
+        sys.exit(2)
     modules = algorithm_modules(cfg.algorithm)  # users' losses: here, and in every learner rank
-    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
+    interrupt.remember(cfg)  # a Ctrl-C from here on says how to resume
+    watchdog.start(run_dir)  # if this process is killed, what it starts goes with it
+    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     ckpt = checkpoint.find(run_dir, cfg.resume)
+    if cfg.resume == "auto" and ckpt is None:
+        log.warning("resume=auto: no checkpoint in %s; starting fresh", run_dir / "checkpoints")
     state = checkpoint.read_state(ckpt) if ckpt else {}
     torch.manual_seed(cfg.trainer.seed)
     try:
-        rewarder = RewardManager(cfg.reward, cfg.sandbox)
-    except DockerUnavailable as e:
+        rewarder = RewardManager(cfg.reward, cfg.sandbox)  # sandbox.placement: here, or scorer actors
+    except (DockerUnavailable, ScorerUnavailable) as e:
         sys.exit(str(e))
+    except (ImportError, FileNotFoundError) as e:  # a reward.modules file: named, with its line
+        sys.exit(f"reward: {e}")
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     try:
@@ -180,10 +209,12 @@ def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
     as (module name, source, path) for the learner ranks, which import them too."""
     try:
         mods = user_modules.read(list(A.modules), "cispo_user_algorithm", "algorithm.modules")
+        for m in mods:
+            user_modules.load_source(*m)
     except FileNotFoundError as e:
         sys.exit(f"config: {e}")
-    for m in mods:
-        user_modules.load_source(*m)
+    except ImportError as e:  # names the file and the line
+        sys.exit(f"config: algorithm.modules: {e}")
     for key, name, registry in (("loss", A.loss, LOSSES), ("advantage", A.advantage, ADVANTAGES)):
         if name not in registry:
             sys.exit(f"config: algorithm.{key}={name!r} is not registered (registered: "
@@ -264,50 +295,34 @@ def states(p: Parts, next_ros: list | tuple = ()) -> dict:
     return {"data": data, "schedule": p.schedule.state_dict()}
 
 
+def stopped(cfg: DictConfig, p: Parts, step: int, why: str) -> None:
+    """Ctrl-C: the step is done (and saved with trainer.save_on_interrupt); say how to resume."""
+    p.logger.close()
+    p.rewarder.shutdown()
+    saved = p.run_dir / "checkpoints" / f"step_{step}" if cfg.trainer.save_on_interrupt else None
+    interrupt.stopped(step, cfg.trainer.total_steps, why if saved else
+                      f"{why}; not saved: trainer.save_on_interrupt=false", saved)
+
+
 def finish(cfg: DictConfig, p: Parts) -> None:
     total = cfg.trainer.total_steps
     if p.start < total or not (p.run_dir / "checkpoints" / f"step_{total}").exists():
         checkpoint.save(p.learner, p.run_dir, total, states(p))
     p.learner.export(str(p.run_dir / "final_model"))
     p.tokenizer.save_pretrained(p.run_dir / "final_model")
+    where = p.logger.where()
     p.logger.close()
     p.rewarder.shutdown()
     print(summary(p.run_dir))
-
-
-# is/round_1/clip_frac: the clip fraction of the first off-policy round (num_minibatches > 1)
-SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "is/round_1/clip_frac",
-                "logprob/train_rollout_pearson", "logprob/entropy_mean", "response/length_mean",
-                "reward/errors", "time/step_s"]
-
-
-def summary(run_dir: Path) -> str:
-    """The end-of-run table: each key's mean over the first and the last 20 logged steps, and
-    over all of them."""
-    import json
-    import math
-
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    k = min(20, len(rows))
-
-    def mean(part, key):
-        vals = [r[key] for r in part if key in r and math.isfinite(r[key])]
-        return f"{sum(vals) / len(vals):.4g}" if vals else "-"
-
-    lines = [f"done: {len(rows)} steps in {run_dir}",
-             f"  {'metric':32} {'first ' + str(k) + ' steps':>16} {'last ' + str(k) + ' steps':>16}"
-             f" {'all steps':>12}"]
-    lines += [f"  {key:32} {mean(rows[:k], key):>16} {mean(rows[-k:], key):>16} {mean(rows, key):>12}"
-              for key in SUMMARY_KEYS if any(key in r for r in rows)]
-    lines += [f"  metrics: {run_dir / 'metrics.jsonl'}", f"  policy:  {run_dir / 'final_model'}"]
-    return "\n".join(lines)
+    print("\n".join(where))
 
 
 def start_ray(cfg: DictConfig) -> None:
     """Join the cluster (`ray.address`) or start a local Ray sized for the run's actors; exit
     with what is missing if Ray lacks the GPUs they ask for (they would wait forever)."""
     if not ray.is_initialized() and not cfg.ray.address:  # check before starting anything
-        if problems := resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)"):
+        if problems := (resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)")
+                        + local_ray_problems(cfg)):
             sys.exit("resources: " + problems[0])
         r, lr = cfg.rollout, cfg.learner
         need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker
@@ -342,7 +357,10 @@ def generate(p: Parts, step: int, batch: list, round_index: int) -> list:
 def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -> list:
     """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy; the
     round's reward metrics are appended to `rounds`."""
-    scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+    try:
+        scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+    except RewardStopped as e:  # a reward that only times out: one message, not hours of limits
+        raise SystemExit(f"reward: {e}") from None
     rounds.append(metrics)
     scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
     if cfg.data.retire_pass_rate is not None:  # no-positive-resampling (dropped groups count too)
@@ -405,10 +423,13 @@ def perf_metrics(samples, items: list[TrainItem], rollout_s: float, learn_s: flo
 
 
 def cli() -> None:
-    from cispo.config_check import check_or_exit
+    from cispo.config_check import check_command_line
 
-    check_or_exit(CONF_DIR, "config", sys.argv[1:])
-    main()
+    check_command_line(CONF_DIR)
+    try:
+        main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during start-up: no traceback
+        interrupt.stopped_at_once()
 
 
 if __name__ == "__main__":

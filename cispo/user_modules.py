@@ -7,6 +7,11 @@ is a no-op, and a process that imports the same file under the same name can unp
 references to its functions. `read` / `load_source` carry a file's text to processes that may
 run on other machines (the learner's Ray actors), where the path need not exist.
 
+A file is imported as Python runs a script: its folder is on the import path (appended), so it
+can import the helper modules beside it. A file whose import fails raises `UserModuleError`
+naming the file, the line and the error, instead of a bare "No module named ..." from
+somewhere.
+
 A leaf: imports nothing of this project.
 """
 
@@ -42,17 +47,37 @@ def read(paths: list[str], prefix: str, key: str) -> list[tuple[str, str, str]]:
     return out
 
 
+class UserModuleError(ImportError):
+    """A user's file failed to import; the message names the file and the line."""
+
+
 def load_source(name: str, source: str, path: str) -> str:
     """Import `source` as module `name` (once per process: a second call is a no-op)."""
     if name in sys.modules:
         return name
+    folder = str(Path(path).parent)
+    if Path(folder).is_dir() and folder not in sys.path:  # its helper modules beside it
+        sys.path.append(folder)
     spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
     module = importlib.util.module_from_spec(spec)
     module.__file__ = path
     sys.modules[name] = module
     try:
         exec(compile(source, path, "exec"), module.__dict__)
+    except Exception as e:
+        del sys.modules[name]
+        raise UserModuleError(f"importing {path} failed{_line(e, path)}: {type(e).__name__}: {e}") from e
     except BaseException:
         del sys.modules[name]
         raise
     return name
+
+
+def _line(e: BaseException, path: str) -> str:
+    """' at line N' of `path` where the import failed, if the traceback passes through it."""
+    import traceback
+
+    if isinstance(e, SyntaxError) and e.filename == path and e.lineno:
+        return f" at line {e.lineno}"
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+    return f" at line {lines[-1]}" if lines else ""

@@ -47,7 +47,7 @@ def parse_test_cases(tests: Any) -> list[tuple[str, str]]:
                      "pairs, a list of {input, output}, or {inputs: [...], outputs: [...]}")
 
 
-@reward("code", isolation="thread")
+@reward("code", isolation="thread", sandbox=True)
 def code_reward(completion: str, reference: Any = None, tests: Any = None, mode: str = "fraction",
                 checker: str = "exact", case_timeout_s: float = 5.0, memory_mb: int | str = 512,
                 backend: str = "docker", image: str | None = None) -> dict[str, float] | None:

@@ -12,15 +12,25 @@ Every call ends within its reward's `timeout_s`: process-isolated rewards run in
 that are killed at the limit; thread-isolated ones (whose work is bounded by a sandbox or actor)
 are abandoned at the limit. A call that raises, times out, or returns something that is not a
 score (NaN, a string) gets `error_score` (default 0) and is counted and logged; the batch always
-completes.
+completes. `async def` rewards run as coroutines, `max_concurrency` at once (rewards.workers).
+
+Where the sandboxed rewards (`@reward(..., sandbox=True)`: math, code, swe) run is
+`sandbox.placement`: `local`, in this process on this machine's Docker engine, or `actors`, in
+scorer actors on the Ray nodes that advertise the sandbox resource (rewards.scorers).
+
+A reward that times out `reward.max_consecutive_timeouts` times in a row (default 3) is stopped:
+its remaining calls return at once as errors, and `score` raises `RewardStopped` with one message
+(what timed out, the limit, what to try), instead of the reward costing its full limit on every
+sample of every step.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,16 @@ from typing import Any
 from rewards import length_penalty
 from rewards.outcome import BadRewardValue, coerce
 from rewards.registry import RewardSpec, get_spec, load_module
-from rewards.workers import CallResult, ProcessPool, run_in_thread
+from rewards.workers import AsyncRunner, CallResult, ProcessPool, run_in_thread
 
 log = logging.getLogger(__name__)
 
 MANAGER_OPTIONS = ("timeout_s", "error_score", "batch_size")  # consumed here, not passed on
 ITEM_KEYS = ("completion", "reference", "prompt", "metadata", "data_source")
+
+
+class RewardStopped(RuntimeError):
+    """A reward kept timing out and was stopped (reward.max_consecutive_timeouts)."""
 
 
 @dataclass
@@ -98,19 +112,31 @@ class RewardManager:
                               "batch_size": opts.get("batch_size")}
             self.fn_options[n] = {k: v for k, v in opts.items() if k not in MANAGER_OPTIONS}
         self._started: list[RewardSpec] = []
+        self._scorers = None  # sandbox.placement=actors: the sandboxed rewards' scorer actors
+        remote = [n for n, s in self.specs.items() if s.sandbox and _on_actors(sandbox_cfg)]
         try:
             for n, spec in self.specs.items():
-                if spec.setup is not None:
+                if spec.setup is not None and n not in remote:
                     spec.setup(self.fn_options[n], sandbox_cfg)
                     self._started.append(spec)
+            if remote:
+                from rewards.scorers import Scorers
+
+                self._scorers = Scorers(remote, self.modules, self.fn_options, sandbox_cfg)
         except BaseException:
             self.shutdown()
             raise
         self._procs = (ProcessPool(max(1, cfg.num_workers), self.modules, cfg.worker_memory_mb)
                        if any(s.isolation == "process" for s in self.specs.values()) else None)
-        self._threads = ThreadPoolExecutor(max_workers=max(1, cfg.max_concurrency),
-                                           thread_name_prefix="reward")
+        # with scorer actors, enough threads to fill every slot they offer
+        threads = max(1, cfg.max_concurrency, self._scorers.slots if self._scorers else 0)
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reward")
+        self._async = AsyncRunner() if any(s.is_async for s in self.specs.values()) else None
         self.abandoned_threads = 0
+        self.max_timeouts_in_row = int(getattr(cfg, "max_consecutive_timeouts", 3) or 0)
+        self._timeouts_in_row: dict[str, int] = defaultdict(int)
+        self.stopped: dict[str, str] = {}  # reward name -> why it was stopped
+        self._lock = threading.Lock()
 
     def route(self, data_source: str) -> list[tuple[str, float]]:
         return self.routes.get(data_source, self.default_route)
@@ -120,6 +146,8 @@ class RewardManager:
     def score(self, items: list[dict]) -> tuple[list[float | None], dict[str, float]]:
         """Scores in order (None = skipped) and the batch's metrics."""
         t0 = time.monotonic()
+        if self._scorers is not None:
+            self._scorers.refresh()  # sandbox nodes that joined since
         routes = [self.route(str(it.get("data_source", ""))) for it in items]
         per_reward = self.score_detailed(items, routes)
         scores: list[float | None] = []
@@ -138,11 +166,14 @@ class RewardManager:
             metrics["reward/length_penalty_frac"] = sum(p < 0 for p in pens) / max(1, len(pens))
         metrics["reward/skips"] = float(sum(s is None for s in scores))
         metrics["time/reward_s"] = time.monotonic() - t0
+        if self.stopped:
+            raise RewardStopped("; ".join(self.stopped.values()))
         return scores, metrics
 
-    def score_detailed(self, items: list[dict], routes: list[list[tuple[str, float]]]
-                       ) -> dict[str, dict[int, ItemResult]]:
-        """{reward name: {item index: ItemResult}} for every (item, reward) the routes ask for."""
+    def score_detailed(self, items: list[dict], routes: list[list[tuple[str, float]]],
+                       on_result=None) -> dict[str, dict[int, ItemResult]]:
+        """{reward name: {item index: ItemResult}} for every (item, reward) the routes ask for;
+        `on_result(name, {index: ItemResult})` is called (in this thread) as each call finishes."""
         wanted: dict[str, list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
             for n, _ in route:
@@ -158,9 +189,11 @@ class RewardManager:
             futures += [self._threads.submit(self._run, spec, [items[i] for i in c], c)
                         for c in chunks]
         out: dict[str, dict[int, ItemResult]] = defaultdict(dict)
-        for fut in futures:
+        for fut in as_completed(futures):
             name, results = fut.result()  # _run never raises
             out[name].update(results)
+            if on_result is not None:
+                on_result(name, results)
         return out
 
     def _run(self, spec: RewardSpec, batch: list[dict], idxs: list[int]
@@ -171,12 +204,19 @@ class RewardManager:
         except TypeError as e:
             res = CallResult("error", error=str(e))
         else:
-            if spec.isolation == "process":
+            if spec.name in self.stopped:
+                res = CallResult("error", error=f"not scored: {self.stopped[spec.name]}")
+            elif self._scorers is not None and spec.sandbox:  # on a sandbox node (awaits async ones)
+                res = self._scorers.call(spec.name, kwargs, lim["timeout_s"])
+            elif spec.is_async:
+                res = self._async.call(spec.fn, kwargs, lim["timeout_s"])  # type: ignore[union-attr]
+            elif spec.isolation == "process":
                 res = self._procs.call(spec.fn, kwargs, lim["timeout_s"])  # type: ignore[union-attr]
             else:
                 res = run_in_thread(spec.fn, kwargs, lim["timeout_s"])
                 if res.status == "timeout":
                     self.abandoned_threads += 1
+            self._count_timeouts(spec.name, res)
         values: list[Any]
         if res.status == "ok" and spec.batched:
             values = list(res.value) if isinstance(res.value, list | tuple) else []
@@ -201,6 +241,22 @@ class RewardManager:
             status = "skip" if score is None else "ok"
             results[i] = ItemResult(status, score, extras, res.latency_s)
         return spec.name, results
+
+    def _count_timeouts(self, name: str, res: CallResult) -> None:
+        """Stop a reward after `max_timeouts_in_row` timeouts with no other answer between."""
+        if name in self.stopped or not self.max_timeouts_in_row:
+            return
+        with self._lock:
+            self._timeouts_in_row[name] = self._timeouts_in_row[name] + 1 if res.status == "timeout" else 0
+            if self._timeouts_in_row[name] >= self.max_timeouts_in_row:
+                t = self.limits[name]["timeout_s"]
+                self.stopped[name] = (
+                    f"reward {name!r} timed out {self._timeouts_in_row[name]} times in a row "
+                    f"(limit {t:g} s each) and was stopped, so that it does not cost {t:g} s on every "
+                    f"remaining sample. Try it on one sample: python -m rewards.score --reward {name} "
+                    f"--completion ... --reference ... (with --module for your own file); if it is "
+                    f"only slow, raise reward.options.{name}.timeout_s (reward.max_consecutive_timeouts=0 "
+                    f"never stops a reward)")
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -247,6 +303,8 @@ class RewardManager:
         for spec in self._started:
             if spec.stats is not None:
                 m.update(spec.stats())
+        if self._scorers is not None:  # theirs, summed over the scorers
+            m.update(self._scorers.stats())
         return m
 
     def shutdown(self) -> None:
@@ -254,6 +312,11 @@ class RewardManager:
             self._threads.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "_procs", None) is not None:
             self._procs.close()
+        if getattr(self, "_async", None) is not None:
+            self._async.close()
+        if getattr(self, "_scorers", None) is not None:
+            self._scorers.close()
+            self._scorers = None
         for spec in reversed(getattr(self, "_started", [])):
             try:
                 if spec.teardown is not None:
@@ -299,6 +362,11 @@ def call_kwargs(spec: RewardSpec, batch: list[dict], options: dict[str, Any]) ->
                         f"does not have (it has {sorted(rows[0])[:12]}); give the parameter a "
                         "default or add the column to the dataset")
     return kw
+
+
+def _on_actors(sandbox_cfg: Any) -> bool:
+    """sandbox.placement=actors (a config without the key, e.g. the score CLI's: local)."""
+    return getattr(sandbox_cfg, "placement", "local") == "actors"
 
 
 def _response_length(it: dict) -> int:

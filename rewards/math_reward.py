@@ -132,7 +132,8 @@ def _sandbox_verdict(g: str, a: str, soft_timeout_s: int, verdict_timeout_s: flo
     return "equal" if resp.get("verdict") else "different"
 
 
-@reward("math", isolation="thread", setup=setup, teardown=shutdown, stats=stats)
+@reward("math", isolation="thread", setup=setup, teardown=shutdown, stats=stats, sandbox=True,
+        needs_reference=True)
 def math_reward(completion: str, reference: Any = None, prompt: str = "") -> float | None:
     if reference is None:
         return None  # nothing to compare with: skip rather than teach "0"

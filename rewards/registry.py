@@ -45,6 +45,12 @@ class RewardSpec:
     setup: Callable[..., Any] | None = None
     teardown: Callable[[], Any] | None = None
     stats: Callable[[], dict[str, float]] | None = None  # extra metrics, e.g. sandbox restarts
+    # True: the reward runs model output in a sandbox (Docker). With sandbox.placement=actors
+    # its calls, setup and stats run in scorer actors on the sandbox nodes (rewards.scorers)
+    sandbox: bool = False
+    # it compares with the sample's reference and skips a sample without one (math): the CLI
+    # refuses a completion given without a reference instead of printing a bare null
+    needs_reference: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -69,8 +75,11 @@ _builtins_loaded = False
 def reward(name: str, *, batched: bool = False, isolation: str = "process",
            setup: Callable[..., Any] | None = None,
            teardown: Callable[[], Any] | None = None,
-           stats: Callable[[], dict[str, float]] | None = None) -> Callable[[Callable], Callable]:
-    """Register `fn` as the reward `name` (see the module docstring for the calling convention)."""
+           stats: Callable[[], dict[str, float]] | None = None,
+           sandbox: bool = False,
+           needs_reference: bool = False) -> Callable[[Callable], Callable]:
+    """Register `fn` as the reward `name` (see the module docstring for the calling convention).
+    `sandbox=True`: it needs a Docker engine (sandbox.placement=actors runs it on sandbox nodes)."""
     if isolation not in ISOLATIONS:
         raise ValueError(f"@reward({name!r}, isolation={isolation!r}): use one of {ISOLATIONS}")
 
@@ -80,7 +89,8 @@ def reward(name: str, *, batched: bool = False, isolation: str = "process",
         if old is not None and _qualified(old.fn) != _qualified(fn):
             raise ValueError(f"reward {name!r} is already registered by {_qualified(old.fn)}; "
                              f"pick another name for {_qualified(fn)}")
-        REWARDS[name] = RewardSpec(name, fn, batched, isolation, setup, teardown, stats)
+        REWARDS[name] = RewardSpec(name, fn, batched, isolation, setup, teardown, stats, sandbox,
+                                   needs_reference)
         return fn
 
     return deco

@@ -32,7 +32,7 @@ def find_instance(instance: Any, reference: Any, metadata: dict | None) -> dict 
     return None
 
 
-@reward("swe", isolation="thread")
+@reward("swe", isolation="thread", sandbox=True)
 def swe_reward(completion: str, reference: Any = None, metadata: dict | None = None,
                instance: Any = None, resolved_score: float = 1.0, fail_score: float = 0.0,
                unapplied_score: float = 0.0, harness_timeout_s: float = 1800.0,

@@ -9,6 +9,14 @@ only between bytecodes.)
 `run_in_thread`: for rewards whose untrusted work is already bounded elsewhere (a sandbox
 container killed at its own limit, a Ray actor). The manager stops waiting at the limit; the
 abandoned thread is counted, since a thread cannot be killed.
+
+`AsyncRunner`: `async def` rewards, as coroutines on one event loop in the manager's process, as
+many at once as the manager has calls in flight (`reward.max_concurrency`); a call over its limit
+is cancelled. They are for waiting (a judge server, an HTTP API): a coroutine that blocks the
+loop instead of awaiting holds up the others, and is abandoned at its limit like a thread.
+
+A call that raises is described as `Type: message (file.py:line in function)`, the line being the
+deepest one of the reward's own file in the traceback (else the deepest one).
 """
 
 from __future__ import annotations
@@ -46,8 +54,25 @@ async def _await(aw):
     return await aw
 
 
-def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:1000]
+def _describe(e: BaseException, fn: Callable | None = None) -> str:
+    """`Type: message (file:line in function)`: where in the reward the exception came from."""
+    where = _where(e, fn)
+    return (f"{type(e).__name__}: {e}"[:1000]) + (f" ({where})" if where else "")
+
+
+def _where(e: BaseException, fn: Callable | None) -> str | None:
+    frames = traceback.extract_tb(e.__traceback__)
+    code = getattr(fn, "__code__", None)
+    own = [f for f in frames if code is not None and f.filename == code.co_filename]
+    frame = (own or [f for f in frames if not f.filename.endswith("rewards/workers.py")] or [None])[-1]
+    if frame is None:
+        return None
+    path = frame.filename
+    try:
+        path = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:  # another drive (Windows)
+        pass
+    return f"{path}:{frame.lineno} in {frame.name}"
 
 
 # --- process workers -------------------------------------------------------------------------
@@ -88,7 +113,7 @@ def _child_main() -> None:
             outbox.send(("ok", value))
         except BaseException as e:  # noqa: BLE001  (a reward's failure is an answer, not a crash)
             try:
-                outbox.send(("error", _describe(e)))
+                outbox.send(("error", _describe(e, msg[0] if isinstance(msg, tuple) else None)))
             except Exception:
                 return
 
@@ -217,8 +242,7 @@ def run_in_thread(fn: Callable, kwargs: dict, timeout_s: float) -> CallResult:
         try:
             box["value"] = invoke(fn, kwargs)
         except BaseException as e:  # noqa: BLE001
-            box["error"] = _describe(e)
-            box["trace"] = traceback.format_exc(limit=-3)
+            box["error"] = _describe(e, fn)
 
     t0 = time.monotonic()
     th = threading.Thread(target=target, daemon=True, name="reward-call")
@@ -231,3 +255,41 @@ def run_in_thread(fn: Callable, kwargs: dict, timeout_s: float) -> CallResult:
     if "error" in box:
         return CallResult("error", error=box["error"], latency_s=dt)
     return CallResult("ok", value=box.get("value"), latency_s=dt)
+
+
+# --- coroutines --------------------------------------------------------------------------------
+
+class AsyncRunner:
+    """One event loop in a daemon thread; `call` runs a coroutine function on it and waits (from
+    the calling thread) for its result, up to `timeout_s`."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="reward-async")
+        self._thread.start()
+        self.abandoned = 0  # calls whose coroutine blocked the loop past their limit
+
+    def call(self, fn: Callable, kwargs: dict, timeout_s: float) -> CallResult:
+        async def bounded():
+            return await asyncio.wait_for(_await(fn(**kwargs)), timeout_s)
+
+        t0 = time.monotonic()
+        fut = asyncio.run_coroutine_threadsafe(bounded(), self.loop)
+        try:
+            # wait_for ends the call at the limit; the extra second is for a loop that a
+            # blocking coroutine holds, where wait_for cannot run
+            value = fut.result(timeout_s + 1.0)
+        except TimeoutError:  # asyncio's and concurrent.futures' are this one (Python >= 3.11)
+            abandoned = not fut.done()
+            fut.cancel()
+            if abandoned:
+                self.abandoned += 1
+            return CallResult("timeout", error=f"no result within {timeout_s:g} s (coroutine "
+                              f"{'abandoned: it blocks the event loop' if abandoned else 'cancelled'})",
+                              latency_s=time.monotonic() - t0)
+        except BaseException as e:  # noqa: BLE001  (the reward's failure is an answer)
+            return CallResult("error", error=_describe(e, fn), latency_s=time.monotonic() - t0)
+        return CallResult("ok", value=value, latency_s=time.monotonic() - t0)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -1,8 +1,16 @@
 """Run one program in a sandbox and say what happened.
 
-    python -m sandboxes.run [--image I] [--timeout S] [--memory M] [--stdin F] [--language L] FILE
+    python -m sandboxes.run [--image I] [--timeout 10s] [--memory 512m] [--stdin F] [--language L] FILE
 
-prints one JSON object: {returncode, stdout, stderr, timed_out, oom_killed, duration_s, ...}.
+prints one JSON object: {returncode, stdout, stderr, timed_out, oom_killed, duration_s, ...}, and
+exits with the program's own status, so a shell or `make` can test it like the program itself:
+
+    0-255  the program's exit status (killed by signal N: 128+N, as a shell reports it)
+    124    it ran over --timeout (as timeout(1))
+    137    it was killed for memory (--memory; as Docker and Kubernetes report an OOM kill)
+    141    it wrote more than the output limit and was stopped there
+    125    sandboxes.run itself failed: bad arguments, no Docker engine, no image (as `docker run`)
+
 `run_code` is the same from Python. The `docker` backend runs the program in a warm, hardened
 container of a pool (one pool per image and memory size, made on first use); the `process`
 backend runs it as a local subprocess with rlimits and NO isolation, and only when asked for.
@@ -178,6 +186,40 @@ def _run_process(source: str, language: str, stdin: str, timeout_s: float,
     return RunResult(rc, out, err, timed_out, oom, round(dur, 4), t1 or t2, isolated=False)
 
 
+EXIT_TIMEOUT, EXIT_OOM, EXIT_OUTPUT_LIMIT, EXIT_SANDBOX = 124, 137, 141, 125
+
+
+def exit_status(res: RunResult) -> int:
+    """The CLI's exit status for a run (see the module docstring)."""
+    if res.timed_out:
+        return EXIT_TIMEOUT
+    if res.oom_killed:
+        return EXIT_OOM
+    if res.output_truncated:
+        return EXIT_OUTPUT_LIMIT
+    if res.returncode is None:
+        return EXIT_SANDBOX
+    return res.returncode if res.returncode >= 0 else 128 - res.returncode
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: the sandbox's status, not one a program has
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SANDBOX, f"{self.prog}: error: {message}\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # an option without a default says what happens instead
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return sizes.duration_s(text, "--timeout")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _memory_arg(text: str) -> int:
     try:
         return sizes.memory_mb(text, "--memory")
@@ -186,14 +228,14 @@ def _memory_arg(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sandboxes.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m sandboxes.run", description=__doc__, formatter_class=_Formatter)
     ap.add_argument("file", help="the program to run")
-    ap.add_argument("--image", default=None, help=f"sandbox image (default {DEFAULT_IMAGE})")
-    ap.add_argument("--timeout", type=float, default=10, help="wall-clock limit, seconds")
-    ap.add_argument("--memory", type=_memory_arg, default=512,
+    ap.add_argument("--image", default=DEFAULT_IMAGE, help="sandbox image (docker backend)")
+    ap.add_argument("--timeout", type=_duration_arg, default="10s",
+                    help="wall-clock limit: seconds, or with a unit (500ms, 2s, 1m)")
+    ap.add_argument("--memory", type=_memory_arg, default="512m",
                     help="memory limit: MB, or Docker's syntax (256m, 1g, 512MiB)")
-    ap.add_argument("--stdin", default=None, help="file fed to the program's stdin")
+    ap.add_argument("--stdin", default=None, help="file fed to the program's stdin (default: empty)")
     ap.add_argument("--language", default=None, choices=sorted(LANGUAGES),
                     help="default: from the file's extension (.sh → bash), else python")
     ap.add_argument("--backend", default="docker", choices=["docker", "process"],
@@ -211,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                        memory_mb=args.memory, image=args.image, backend=args.backend)
     except (OSError, ValueError, RuntimeError) as e:  # SandboxError, DockerUnavailable
         print(f"sandboxes.run: {e}", file=sys.stderr)
-        return 2
+        return EXIT_SANDBOX
     finally:
         shutdown()
     print(res.to_json())
-    return 0
+    return exit_status(res)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Memory sizes as users write them: Docker's syntax, or a plain number of MB.
+"""Memory sizes and durations as users write them.
+
+Memory: Docker's syntax, or a plain number of MB.
 
     512        512 MB (an int, or a string of digits: plain numbers are MB, as the keys say)
     256m, 1g   Docker's units b, k, m, g, t (binary: 1g = 1024 MB), any case
@@ -7,6 +9,10 @@
 Every memory size the project takes (the `sandbox.memory_mb` / `reward.worker_memory_mb` config
 keys, `python -m sandboxes.run --memory`, `run_code(memory_mb=)`, the pools, an SWE instance's
 `memory_mb`) goes through `memory_mb`, so one syntax works everywhere.
+
+Durations (`duration_s`, e.g. `python -m sandboxes.run --timeout 2s`): a plain number of
+seconds (10, 2.5), or a number with a unit: ms, s, m (minutes), h; as in `timeout(1)` and
+Docker's `--stop-timeout`-style values.
 """
 
 from __future__ import annotations
@@ -41,3 +47,23 @@ def memory_mb(value: int | float | str, what: str = "memory size") -> int:
     if nbytes and not mb:
         raise ValueError(f"{what}={value!r} is below 1 MB")
     return mb
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h)?$", re.IGNORECASE)
+_SECONDS = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+DURATION_FORMS = "seconds (10, 2.5) or a number with a unit (500ms, 2s, 1.5m, 1h)"
+
+
+def duration_s(value: int | float | str, what: str = "duration") -> float:
+    """`value` in seconds (> 0). Raises ValueError naming `what` and the accepted forms."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what}={value!r}: not a duration; use {DURATION_FORMS}")
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if not m:
+            raise ValueError(f"{what}={value!r}: not a duration; use {DURATION_FORMS}")
+        number, unit = m.groups()
+        value = float(number) * _SECONDS[unit.lower() if unit else None]
+    if not value > 0:
+        raise ValueError(f"{what}={value!r}: must be more than 0 seconds")
+    return float(value)

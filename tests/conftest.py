@@ -30,7 +30,10 @@ def ray_local():
     # one Ray for the whole session, sized for the largest test (2 learner ranks + engines); a
     # test must not shut it down: a later ray.remote would start a default Ray of this
     # machine's 2 CPUs, where that test's actors wait for CPUs forever
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # "sandbox_test": slots for the scorer-actor tests (tests/test_scorers.py), which place
+    # sandbox.placement=actors scorers on this one node under that resource name
+    ray.init(num_cpus=4, resources={"sandbox_test": 4}, include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -1,9 +1,11 @@
 """Settings that conflict are refused before any worker starts, with the key to change."""
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from cispo.config import Config
-from cispo.config_check import value_problems
+from cispo.config_check import local_ray_problems, value_problems
 
 
 def _cfg(**parallel):
@@ -53,8 +55,8 @@ def test_train_refuses_before_starting_anything(tmp_path):
 
     r = subprocess.run([sys.executable, "-m", "cispo.train", "+exp=tiny", f"run_dir={tmp_path}",
                         "parallel.micro_batch_tokens=10"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
-    assert "config: parallel.micro_batch_tokens=10 is smaller than the longest sequence" in r.stderr
+    assert r.returncode == 2
+    assert "parallel.micro_batch_tokens=10 is smaller than the longest sequence" in r.stderr
     assert not (tmp_path / "base_model").exists()  # nothing was built
 
 
@@ -76,13 +78,131 @@ def test_head_settings_need_the_fp32_head():
 
 
 def test_a_declared_key_is_not_called_unknown(tmp_path):
-    """Setting an empty dict's keys needs Hydra's `+`; that error is Hydra's to explain, not
-    "unknown key 'algorithm.loss_options'. Did you mean 'algorithm.loss_options'?"."""
+    """Setting an empty dict (a dict of free keys) works without Hydra's `+`, as the docs write it."""
     import subprocess
     import sys
 
     r = subprocess.run([sys.executable, "-m", "cispo.train", "+exp=tiny", f"run_dir={tmp_path}",
-                        "algorithm.loss_options={trust_region_mask: true}"], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode != 0 and "Unknown config key" not in r.stderr
-    assert "+algorithm.loss_options" in r.stderr  # Hydra's hint
+                        "algorithm.loss_options={trust_region_mask: true}", "--cfg", "job"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Unknown config key" not in r.stderr, r.stderr
+    assert "trust_region_mask: true" in r.stdout
+
+
+# --- issue 21: every value checked up front, all problems in one message, exit 2 -------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: int = 120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "cispo.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_numeric_key_has_a_range_and_every_rule_a_key():
+    from cispo.config_check import _declared
+    from cispo.config_rules import CHECKED_ELSEWHERE, RULES, numeric_keys
+
+    missing = set(numeric_keys(Config)) - set(RULES) - set(CHECKED_ELSEWHERE)
+    assert not missing, f"numeric keys without an allowed range in cispo/config_rules.py: {missing}"
+    assert [k for k in [*RULES, *CHECKED_ELSEWHERE] if not _declared(k)] == []
+
+
+def test_values_out_of_range_are_one_message_exit_2_before_torch_is_imported(tmp_path):
+    r = _run("trainer.total_steps=-1", "rollout.group_size=0", "model.dtype=fp16", "+trainer.foo=1",
+             "rollout.top_p=1.5", f"run_dir={tmp_path}")
+    assert r.returncode == 2
+    err = r.stderr
+    assert "config: 5 problems (nothing was started):" in err
+    for text in ("trainer.total_steps=-1: must be >= 1", "rollout.group_size=0: must be >= 1",
+                 "model.dtype='fp16': use one of float32, bfloat16", "Unknown config key 'trainer.foo'",
+                 "rollout.top_p=1.5: must be <= 1"):
+        assert text in err, text
+    assert "Traceback" not in err and not (tmp_path / "base_model").exists()
+    # checked before the heavy imports: a typo costs about a second, not torch's and Ray's start
+    assert not [ln for ln in err.splitlines() if ln.startswith("import time:") and "| torch" in ln]
+
+
+def test_a_config_group_without_its_plus_gets_the_hint(tmp_path):
+    r = _run("exp=tiny", f"run_dir={tmp_path}")
+    assert r.returncode == 2 and "select one with +exp=tiny" in r.stderr
+
+
+def test_plus_keys_only_under_dicts_that_take_free_keys():
+    from cispo.config_check import check_or_exit
+
+    conf = ROOT / "conf"
+    argv = check_or_exit(conf, "config", ["+exp=tiny", "+reward.options.math.timeout_s=3",
+                                          "reward.options.code.mode=all",
+                                          "algorithm.loss_options={trust_region_mask: true}"])
+    assert argv == ["+exp=tiny", "++reward.options.math.timeout_s=3", "++reward.options.code.mode=all",
+                    "++algorithm.loss_options={trust_region_mask: true}"]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(conf), version_base=None):
+        cfg = compose("config", overrides=argv)
+    assert cfg.reward.options.code.mode == "all" and cfg.reward.options.math.timeout_s == 3
+    assert cfg.algorithm.loss_options.trust_region_mask is True
+    import pytest
+
+    for bad in ("+trainer.foo=1", "++learner.lrr=1"):
+        with pytest.raises(SystemExit) as e:
+            check_or_exit(conf, "config", ["+exp=tiny", bad])
+        assert e.value.code == 2
+
+
+def test_a_type_error_names_its_override(capsys):
+    import pytest
+
+    from cispo.config_check import check_or_exit
+
+    with pytest.raises(SystemExit):
+        check_or_exit(ROOT / "conf", "config", ["+exp=tiny", "trainer.total_steps=abc", "learner.lr=1e-5"])
+    err = capsys.readouterr().err
+    assert "config: 1 problem" in err and "trainer.total_steps=abc:" in err and "learner.lr" not in err
+
+
+def test_group_size_one_with_group_advantages():
+    cfg = _cfg()
+    cfg.rollout.group_size = 1
+    [msg] = value_problems(cfg)
+    assert "rollout.group_size=1" in msg and "use >= 2" in msg
+
+
+def test_every_experiment_passes_the_rules():
+    from hydra import compose, initialize_config_dir
+
+    from cispo.config_rules import rule_problems
+
+    for exp in sorted(p.stem for p in (ROOT / "conf" / "exp").glob("*.yaml")):
+        with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+            assert rule_problems(compose("config", overrides=[f"+exp={exp}"])) == [], exp
+
+
+def test_help_says_how_to_select_an_experiment():
+    r = _run("--help")
+    assert r.returncode == 0 and "Select one with +exp=NAME" in r.stdout
+
+
+def test_a_sweep_is_checked_key_by_key_and_its_values_per_job():
+    from cispo.config_check import check_or_exit
+
+    argv = ["+exp=tiny", "trainer.total_steps=10,20", "-m"]
+    assert check_or_exit(ROOT / "conf", "config", argv) == argv
+
+
+def test_sandbox_placement_is_checked():
+    cfg = OmegaConf.structured(Config)
+    cfg.sandbox.placement = "remote"
+    [msg] = value_problems(cfg)
+    assert "sandbox.placement='remote'" in msg and "actors" in msg
+    cfg.sandbox.placement = "actors"
+    assert value_problems(cfg) == []
+    # scorer actors need a cluster with sandbox nodes to join: a local Ray has none
+    [msg] = local_ray_problems(cfg)
+    assert "ray.address" in msg and "sandbox.placement=local" in msg
+    cfg.ray.address = "auto"
+    assert local_ray_problems(cfg) == []

@@ -1,6 +1,7 @@
 """Launch files stay valid: shellcheck on every script, the KubeRay RayJob against the schema of
 the fields it uses, the Dockerfile's COPY sources exist (issue 6, point 3)."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,8 @@ LAUNCH = ROOT / "launch"
 SCRIPTS = sorted([*LAUNCH.rglob("*.sh"), *LAUNCH.rglob("*.sbatch")])
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck not installed (Debian: apt-get install shellcheck)")
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shellcheck(script):
     p = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
@@ -26,8 +28,12 @@ def test_every_launch_script_is_checked():
     assert {"launch/local.sh", "launch/slurm/train.sbatch", "launch/local/setup_docker.sh"} <= names
 
 
-# The ray.io/v1 RayJob fields this manifest uses, with the types KubeRay's CRD gives them
-# (ray-operator/config/crd/bases/ray.io_rayjobs.yaml; pod templates are core/v1 PodTemplateSpec).
+# The schema of the fields the manifests use, written out from (not downloaded with) the sources:
+# - RayJob: KubeRay v1.4.2, docs/reference/api.md (RayJobSpec, RayClusterSpec, HeadGroupSpec,
+#   WorkerGroupSpec: field names, types, JobSubmissionMode's values) and
+#   ray-operator/config/crd/bases/ray.io_rayjobs.yaml (rayStartParams: a string -> string map);
+# - the pod templates and the PersistentVolumeClaim: Kubernetes core/v1 (API v1.28, the version
+#   that reference links): PodSpec, Container, Volume, Toleration, HostPathType, access modes.
 # additionalProperties: false makes a misspelt or unknown field fail here instead of at apply.
 STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
 STR_MAP = {"type": "object", "additionalProperties": STR}
@@ -53,13 +59,15 @@ CONTAINER = obj({
 }, ("name",))
 VOLUME = obj({
     "name": STR,
-    "persistentVolumeClaim": obj({"claimName": STR}, ("claimName",)),
+    "persistentVolumeClaim": obj({"claimName": STR, "readOnly": BOOL}, ("claimName",)),
     "emptyDir": obj({"medium": STR, "sizeLimit": QUANTITY}),
-    "hostPath": obj({"path": STR, "type": {"enum": ["", "Socket", "Directory", "File",
-                                                    "DirectoryOrCreate", "FileOrCreate"]}}, ("path",)),
+    "hostPath": obj({"path": STR, "type": {"enum": ["", "DirectoryOrCreate", "Directory", "FileOrCreate",
+                                                    "File", "Socket", "CharDevice", "BlockDevice"]}},
+                    ("path",)),
 }, ("name",))
 POD_TEMPLATE = obj({"spec": obj({
-    "containers": arr(CONTAINER), "volumes": arr(VOLUME), "nodeSelector": STR_MAP,
+    "containers": arr(CONTAINER), "initContainers": arr(CONTAINER), "volumes": arr(VOLUME),
+    "nodeSelector": STR_MAP,
     "tolerations": arr(obj({"key": STR, "operator": {"enum": ["Exists", "Equal"]}, "value": STR,
                             "effect": {"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]}})),
 }, ("containers",))})
@@ -68,7 +76,7 @@ RAYJOB_SCHEMA = obj({
     "metadata": obj({"name": STR, "namespace": STR, "labels": STR_MAP}, ("name",)),
     "spec": obj({
         "entrypoint": STR,
-        "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+        "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
         "shutdownAfterJobFinishes": BOOL, "ttlSecondsAfterFinished": INT, "backoffLimit": INT,
         "activeDeadlineSeconds": INT, "runtimeEnvYAML": STR,
         "rayClusterSpec": obj({
@@ -81,6 +89,16 @@ RAYJOB_SCHEMA = obj({
             }, ("groupName", "template"))),
         }, ("headGroupSpec",)),
     }, ("entrypoint", "rayClusterSpec")),
+}, ("apiVersion", "kind", "metadata", "spec"))
+PVC_SCHEMA = obj({
+    "apiVersion": {"const": "v1"}, "kind": {"const": "PersistentVolumeClaim"},
+    "metadata": obj({"name": STR, "namespace": STR, "labels": STR_MAP}, ("name",)),
+    "spec": obj({
+        "accessModes": arr({"enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany",
+                                     "ReadWriteOncePod"]}),
+        "resources": obj({"requests": obj({"storage": QUANTITY}, ("storage",))}, ("requests",)),
+        "storageClassName": STR,
+    }, ("accessModes", "resources")),
 }, ("apiVersion", "kind", "metadata", "spec"))
 
 
@@ -99,6 +117,38 @@ def test_the_schema_catches_a_misspelt_field():
         jsonschema.validate(bad, RAYJOB_SCHEMA)
 
 
+def test_the_shared_volume_is_read_write_many():
+    pvc = yaml.safe_load((LAUNCH / "k8s" / "pvc.yaml").read_text())
+    jsonschema.validate(pvc, PVC_SCHEMA)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on many nodes write run_dir
+    claims = {v["persistentVolumeClaim"]["claimName"]
+              for g in [manifest()["spec"]["rayClusterSpec"]["headGroupSpec"],
+                        *manifest()["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+              for v in g["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {pvc["metadata"]["name"]}
+
+
+def test_only_the_sandbox_pods_reach_a_docker_engine():
+    """The head and the GPU pods mount no Docker socket (the scorer actors run on the sandbox
+    nodes); the sandbox group advertises its slots as the `sandbox` resource and no CPUs."""
+    spec = manifest()["spec"]["rayClusterSpec"]
+    groups = {"head": spec["headGroupSpec"], **{g["groupName"]: g for g in spec["workerGroupSpecs"]}}
+
+    def sockets(group):
+        vols = {v["name"] for v in group["template"]["spec"].get("volumes", []) if "hostPath" in v}
+        pod = group["template"]["spec"]
+        return {m["name"] for c in [*pod["containers"], *pod.get("initContainers", [])]
+                for m in c.get("volumeMounts", []) if m["name"] in vols}
+
+    assert sockets(groups["head"]) == set() and sockets(groups["gpu"]) == set()
+    assert sockets(groups["sandbox"]) == {"docker-sock"}
+    params = groups["sandbox"]["rayStartParams"]
+    assert params["num-cpus"] == "0" and params["num-gpus"] == "0"
+    # KubeRay's format for custom resources: a JSON object inside a quoted string
+    slots = json.loads(json.loads(params["resources"]))
+    assert set(slots) == {"sandbox"} and slots["sandbox"] >= 1
+
+
 def test_rayjob_matches_the_m1_80k_cluster():
     from hydra import compose, initialize_config_dir
 
@@ -115,6 +165,9 @@ def test_rayjob_matches_the_m1_80k_cluster():
     mounts = groups["sandbox"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert any(m["mountPath"] == "/var/run/docker.sock" for m in mounts)
     assert "+exp=m1_80k" in spec["entrypoint"] and "ray.address=auto" in spec["entrypoint"]
+    assert cfg.sandbox.placement == "actors" and cfg.sandbox.resource == "sandbox"
+    slots = json.loads(json.loads(groups["sandbox"]["rayStartParams"]["resources"]))["sandbox"]
+    assert slots * cfg.sandbox.cpus <= cfg.cluster.cpus_per_cpu_node
 
 
 def test_dockerfile_copies_what_exists():

@@ -246,3 +246,107 @@ def test_colocated_engines_share_the_learner_gpus():
                                  "learner.num_gpus_per_worker=1", "cluster.gpus_per_node=2",
                                  "parallel.placement=colocated"))
     assert any("parallel.placement=colocated" in p for p in too_many["problems"])
+
+
+def test_sandboxes_are_planned_where_the_run_places_them():
+    """Scorer actors on the CPU nodes with sandbox.placement=actors (m1_80k); in the trainer's
+    process on the driver's node with local, where CPU nodes would sit idle (issue 20)."""
+    sb = build_plan(config("+exp=m1_80k"))["sandbox"]
+    assert sb["placement"] == "actors" and sb["placed_on"] == "cpu nodes"
+    assert sb["scorers"] == 8 and sb["slots_per_node"] == 64 and sb["containers_per_node"] == 64
+    plan = build_plan(config("+exp=m1_80k", "sandbox.placement=local"))
+    assert plan["sandbox"]["placed_on"] == "the driver's node" and not plan["fits"]
+    assert any("sandbox.placement=local scores in the trainer's process" in p for p in plan["problems"])
+    plan = build_plan(config("+exp=m1_80k", "cluster.cpu_nodes=0"))
+    assert any("cluster.cpu_nodes=0 plans none" in p for p in plan["problems"])
+    plan = build_plan(config("+exp=m1_80k", "sandbox.num_workers=1024"))
+    assert any("128 CPUs per CPU node" in p for p in plan["problems"])
+    tiny = build_plan(config("+exp=tiny"))["sandbox"]
+    assert tiny["placed_on"] == "the driver's node" and tiny["scorers"] == 0
+
+
+# --- issue 21: a plan that does not fit ends with one summary, the smallest change that fits,
+# --- and exit status 1; the README's real-model command plans for real ---------------------
+
+def _readme_commands(section: str) -> list[list[str]]:
+    import shlex
+
+    text = (ROOT / "README.md").read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    cmds = []
+    for block in text.split("```")[1::2]:
+        joined = block.replace("\\\n", " ")
+        cmds += [shlex.split(ln.removeprefix("$ ")) for ln in joined.splitlines()
+                 if ln.lstrip("$ ").startswith("python -m cispo.train")]
+    return cmds
+
+
+def _plan(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    assert args[:3] == ["python", "-m", "cispo.train"]
+    args = [a for a in args[3:] if a != "plan=true"]
+    return subprocess.run([sys.executable, "-m", "cispo.train", *args, "plan=true", f"run_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_readme_real_model_command_gives_a_meaningful_plan(tmp_path):
+    first, *_ = _readme_commands("A real model and dataset")
+    r = _plan(first, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["fits"] and plan["gpus"] == 512 and plan["gpu_memory_gib"] == 80
+    assert plan["model"]["name"] == "MiniMaxAI/MiniMax-M1-40k-hf"
+    assert 10 < plan["learner"]["per_gpu_memory_gib"] <= 80 and 10 < plan["rollout"]["per_gpu_memory_gib"] <= 80
+    assert "fits: True (budget 80 GiB/GPU" in r.stdout
+    # the half-cluster variant the README quotes, with the change it names
+    half = first + ["cluster.nodes=32", "learner.num_workers=128", "rollout.num_workers=8"]
+    r = _plan(half, tmp_path)
+    assert r.returncode == 1
+    assert "short by 10.2 GiB per GPU; smallest change that fits: parallel.sequence_parallel=16" in r.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert "smallest change that fits: parallel.sequence_parallel=16" in readme
+    assert _plan(half + ["parallel.sequence_parallel=16"], tmp_path).returncode == 0
+
+
+def test_a_gpu_run_planned_without_gpus_does_not_fit(tmp_path):
+    """The README's old real-model command: tiny's batch sizes, 80 GPUs asked, a cluster of none;
+    it printed 643,408 GiB per GPU and "fits"."""
+    r = _plan(["python", "-m", "cispo.train", "+exp=tiny", "model.name=MiniMaxAI/MiniMax-M1-40k-hf",
+               "model.dtype=bfloat16", "rollout.max_new_tokens=40960", "learner.num_workers=64",
+               "learner.num_gpus_per_worker=1", "rollout.num_workers=16", "rollout.num_gpus_per_worker=1"],
+              tmp_path)
+    assert r.returncode == 1 and "fits: False" in r.stdout
+    assert "the run asks for 80 GPUs" in r.stdout and "cluster.gpus_per_node=0" in r.stdout
+
+
+def test_not_fitting_summary_is_short_names_the_smallest_fitting_change_and_no_advice_in_force(tmp_path):
+    from cispo.planner import format_plan
+    from cispo.planner_advice import changes_that_fit
+
+    cfg = config("+exp=m1_80k", "learner.num_workers=64", "parallel.expert_parallel=32",
+                 "parallel.rollout_pipeline_parallel=1", "rollout.num_workers=32")
+    plan = build_plan(cfg)
+    plan["changes_that_fit"] = changes_that_fit(cfg, plan)
+    text = format_plan(plan).split("fits: False", 1)[1]
+    assert "zero_stage" not in text  # ZeRO-3 is in force: never advise zero_stage>=1
+    causes = text.split("\n  - ")[1:]
+    assert len(causes) == 2 and all(len(c.splitlines()) <= 3 for c in causes)
+    [learner] = [c for c in causes if c.startswith("learner:")]
+    change = plan["changes_that_fit"]["learner"][0]
+    assert f"smallest change that fits: {change}" in learner and "short by" in learner
+    key, value = change.split("=")
+    fixed = build_plan(config("+exp=m1_80k", "learner.num_workers=64", "parallel.expert_parallel=32",
+                              "parallel.rollout_pipeline_parallel=1", "rollout.num_workers=32", change))
+    assert fixed["learner"]["per_gpu_memory_gib"] <= 80  # it does fit
+    # and it is the smallest: the value before it does not
+    if key == "learner.num_workers":
+        smaller = build_plan(config("+exp=m1_80k", f"learner.num_workers={int(value) // 2}",
+                                    "parallel.expert_parallel=32"))
+        assert smaller["learner"]["per_gpu_memory_gib"] > 80
+
+
+def test_checkpointing_already_on_is_not_advised():
+    from cispo.planner_advice import advice
+
+    cfg = config("+exp=m1_80k", "learner.gradient_checkpointing=true")
+    assert "gradient_checkpointing" not in advice("layer_recompute", cfg)
+    assert "gradient_checkpointing" in advice("layer_recompute", config("+exp=m1_80k",
+                                                                        "learner.gradient_checkpointing=false"))

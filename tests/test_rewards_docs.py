@@ -84,11 +84,15 @@ def test_experiment_example_composes_and_scores(doc_dir, monkeypatch):
 
     train = [c for c, _ in commands() if "cispo.train" in c]
     assert len(train) == 1
-    overrides = shlex.split(train[0])[3:]  # after `python -m cispo.train`
+    from cispo.config_check import check_or_exit
+
+    # after `python -m cispo.train`, checked and completed as cispo.train does (`reward.options.
+    # <name>.<key>=v` needs no `+`)
+    overrides = check_or_exit(ROOT / "conf", "config", shlex.split(train[0])[3:])
     monkeypatch.chdir(doc_dir)  # reward.modules paths are relative to where you run
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
-    assert cfg.reward.modules == ["my_rewards.py"]
+    assert cfg.reward.modules == ["my_rewards.py"] and cfg.reward.options.final_number.timeout_s == 5
     cfg.sandbox.num_workers = 1
     item = {"completion": "3}", "reference": "3", "prompt": "1+2=\\boxed{",
             "data_source": "arithmetic", "metadata": {}}

@@ -211,3 +211,115 @@ def test_the_training_config_drives_the_manager(module_path):
     with RewardManager(cfg, None) as mgr:
         scores, m = mgr.score([item("x", "m"), item("x", "other")])
     assert scores == [1.5, 1.0] and m["reward/errors"] == 0.0
+
+
+# --- issue 21: async rewards at max_concurrency, rewards that keep timing out, where a reward raised
+
+MORE_REWARDS = textwrap.dedent('''
+    import asyncio, time
+    from rewards import reward
+
+    IN_FLIGHT, PEAK = [0], [0]
+
+    @reward("t21_async_slow")
+    async def slow(completion):
+        IN_FLIGHT[0] += 1
+        PEAK[0] = max(PEAK[0], IN_FLIGHT[0])
+        await asyncio.sleep(0.05)
+        IN_FLIGHT[0] -= 1
+        return 1.0
+
+    @reward("t21_async_raises")
+    async def araises(completion):
+        await asyncio.sleep(0)
+        raise KeyError("no such key")
+
+    @reward("t21_async_hang")
+    async def ahang(completion):
+        await asyncio.sleep(3600)
+
+    @reward("t21_always_hang")
+    def always(completion):
+        while True:
+            pass
+
+    @reward("t21_sometimes_hang")
+    def sometimes(completion):
+        if completion == "hang":
+            while True:
+                pass
+        return 1.0
+''')
+
+
+@pytest.fixture(scope="module")
+def more_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("user21") / "more_rewards.py"
+    p.write_text(MORE_REWARDS)
+    return str(p)
+
+
+def test_async_rewards_run_max_concurrency_at_once(more_path):
+    """Issue 21: 40 calls of 50 ms ran one at a time (2.4 s); now 8 are in flight together."""
+    import sys
+
+    from rewards.registry import load_module
+
+    cfg = make_cfg(more_path, {"a": "t21_async_slow"}, max_concurrency=8)
+    with RewardManager(cfg) as mgr:
+        scores, m = mgr.score([item(source="a") for _ in range(40)])
+    assert scores == [1.0] * 40 and m["reward/errors"] == 0
+    assert sys.modules[load_module(more_path)].PEAK[0] == 8
+
+
+def test_async_failures_and_timeouts_are_answers(more_path):
+    cfg = make_cfg(more_path, {"r": "t21_async_raises", "h": "t21_async_hang"}, timeout_s=0.3)
+    with RewardManager(cfg) as mgr:
+        detailed = mgr.score_detailed([item(source="r"), item(source="h")],
+                                      [[("t21_async_raises", 1.0)], [("t21_async_hang", 1.0)]])
+    err = detailed["t21_async_raises"][0]
+    assert err.status == "error" and err.error.startswith("KeyError: 'no such key' (")
+    assert "more_rewards.py:" in err.error and "in araises" in err.error
+    assert detailed["t21_async_hang"][1].status == "timeout"
+
+
+def test_a_raising_reward_is_named_by_file_and_line(module_path):
+    with RewardManager(make_cfg(module_path, {"r": "t_raises"})) as mgr:
+        res = mgr.score_detailed([item(source="r")], [[("t_raises", 1.0)]])["t_raises"][0]
+    line = USER_REWARDS.splitlines().index('    raise RuntimeError("boom")') + 1
+    assert res.error.startswith("RuntimeError: boom (") and res.error.endswith(f"my_rewards.py:{line} in raises)")
+
+
+def test_a_reward_that_keeps_timing_out_is_stopped(more_path):
+    from rewards.manager import RewardStopped
+
+    cfg = make_cfg(more_path, {"s": "t21_sometimes_hang"}, timeout_s=0.3, max_concurrency=1,
+                   max_consecutive_timeouts=3)
+    with RewardManager(cfg) as mgr:
+        # a success between timeouts starts the count again
+        scores, m = mgr.score([item("hang", "s"), item("hang", "s"), item("ok", "s"), item("hang", "s")])
+        assert scores == [0.0, 0.0, 1.0, 0.0] and m["reward/timeouts"] == 3 and not mgr.stopped
+        t0 = time.monotonic()
+        with pytest.raises(RewardStopped, match="'t21_sometimes_hang' timed out 3 times in a row "
+                                                r"\(limit 0.3 s each\) and was stopped"):
+            mgr.score([item("hang", "s") for _ in range(20)])
+        # 3 timeouts (and their worker restarts), not 20: the rest return at once
+        detailed = mgr.score_detailed([item("ok", "s")], [[("t21_sometimes_hang", 1.0)]])
+        assert detailed["t21_sometimes_hang"][0].error.startswith("not scored: reward 't21_sometimes_hang'")
+    assert time.monotonic() - t0 < 20 * 0.3
+
+
+def test_training_ends_with_the_stopped_rewards_message(more_path):
+    """train.score turns RewardStopped into one message and exit status 1, not a traceback."""
+    from cispo import train
+    from cispo.models.tokenizer import build_char_tokenizer
+    from rollout.types import Sample
+
+    cfg = make_cfg(more_path, {"s": "t21_always_hang"}, timeout_s=0.3, max_concurrency=1)
+    batch = [NS(reference="1", text="1+0=", data_source="s", row={})]
+    samples = [Sample(0, [1], [2], [0.0], "stop") for _ in range(5)]
+    with RewardManager(cfg) as mgr:
+        with pytest.raises(SystemExit) as e:
+            train.score(NS(rewarder=mgr, tokenizer=build_char_tokenizer()),
+                        NS(rollout=NS(repetition_reward=None)), [], batch, samples)
+    assert str(e.value.code).startswith("reward: reward 't21_always_hang' timed out 3 times in a row")

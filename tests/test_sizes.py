@@ -51,7 +51,7 @@ def test_cli_takes_docker_sizes_process_backend(tmp_path):
     small = json.loads(_run_cli(tmp_path, "--backend", "process", "--memory", "0.125g").stdout)
     assert small["oom_killed"] and small["returncode"] != 0  # 0.125g = 128 MB, enforced
     bad = _run_cli(tmp_path, "--backend", "process", "--memory", "256 parsecs")
-    assert bad.returncode == 2 and "--memory='256 parsecs'" in bad.stderr and "256m" in bad.stderr
+    assert bad.returncode == 125 and "--memory='256 parsecs'" in bad.stderr and "256m" in bad.stderr
 
 
 @pytest.mark.docker
@@ -110,3 +110,64 @@ def test_config_takes_docker_sizes_and_refuses_nonsense():
     assert any(p.startswith("sandbox.memory_mb='2 gallons'") for p in problems), problems
     assert any(p.startswith("reward.worker_memory_mb='-1'") for p in problems), problems
     assert OmegaConf.to_container(cfg)["sandbox"]["memory_mb"] == "2 gallons"  # kept as written
+
+
+# --- durations (issue 21: `python -m sandboxes.run --timeout 2s` was refused) -----------------
+
+@pytest.mark.parametrize("value, seconds", [
+    (10, 10.0), (2.5, 2.5), ("10", 10.0), ("2s", 2.0), ("2S", 2.0), ("500ms", 0.5),
+    ("1.5m", 90.0), ("2min", 120.0), ("1h", 3600.0), (" 3 s ", 3.0), (".5s", 0.5),
+])
+def test_durations(value, seconds):
+    from sandboxes.sizes import duration_s
+
+    assert duration_s(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["2x", "", "-1", "0s", 0, "s", True, None, "1 2s"])
+def test_bad_durations_name_the_forms(value):
+    from sandboxes.sizes import duration_s
+
+    with pytest.raises(ValueError, match="--timeout"):
+        duration_s(value, "--timeout")
+
+
+def _cli(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess:
+    prog = tmp_path / "p.py"
+    prog.write_text(source)
+    return subprocess.run([sys.executable, "-m", "sandboxes.run", *args, str(prog)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_exit_status_follows_the_program_process_backend(tmp_path):
+    """The program's own status; 124 for a timeout, 137 for memory; 125 for the CLI's own errors."""
+    r = _cli(tmp_path, "import sys\nsys.exit(3)\n", "--backend", "process", "--timeout", "2s")
+    assert r.returncode == 3 and json.loads(r.stdout)["returncode"] == 3
+    r = _cli(tmp_path, "import time\ntime.sleep(30)\n", "--backend", "process", "--timeout", "500ms")
+    assert r.returncode == 124 and json.loads(r.stdout)["timed_out"]
+    r = _cli(tmp_path, "x = bytearray(300 << 20)\n", "--backend", "process", "--memory", "128m")
+    assert r.returncode == 137 and json.loads(r.stdout)["oom_killed"]
+    r = _cli(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", "--backend", "process")
+    assert r.returncode == 128 + 15
+    r = _cli(tmp_path, "pass\n", "--backend", "process", "--timeout", "2 fortnights")
+    assert r.returncode == 125 and "--timeout='2 fortnights'" in r.stderr and "2s" in r.stderr
+
+
+def test_cli_help_shows_the_defaults():
+    r = subprocess.run([sys.executable, "-m", "sandboxes.run", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    for default in ("(default: 10s)", "(default: 512m)", "(default: docker)", "(default: cispo-"):
+        assert default in text, default
+    assert "124" in text and "137" in text  # the exit statuses are documented
+
+
+@pytest.mark.docker
+def test_cli_exit_status_follows_the_program_in_the_sandbox(tmp_path):
+    if why := docker_ready():
+        pytest.skip(f"needs Docker and the sandbox image (make image): {why}")
+    assert _cli(tmp_path, "import sys\nsys.exit(3)\n", "--timeout", "5s").returncode == 3
+    assert _cli(tmp_path, "import time\ntime.sleep(30)\n", "--timeout", "500ms").returncode == 124
+    assert _cli(tmp_path, "x = bytearray(300 << 20)\n", "--memory", "128m").returncode == 137
+    assert _cli(tmp_path, "pass\n", "--image", "cispo-no-such-image:0").returncode == 125

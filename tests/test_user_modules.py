@@ -87,3 +87,24 @@ def test_user_files_import_once_and_travel_as_text(tmp_path, monkeypatch):
 
         ADVANTAGES.pop("user_adv_once", None)
     assert os.path.basename(path) == "adv.py"
+
+
+def test_a_file_imports_its_neighbours_and_a_failed_import_names_file_and_line(tmp_path):
+    """Issue 21: a user file's folder is on the import path; a failure names the file."""
+    import pytest
+
+    from cispo.user_modules import UserModuleError, load_file
+
+    (tmp_path / "neighbour_i21.py").write_text("VALUE = 7\n")
+    (tmp_path / "main_i21.py").write_text("from neighbour_i21 import VALUE\n")
+    name = load_file(tmp_path / "main_i21.py", "t21", "test.modules")
+    import sys
+
+    assert sys.modules[name].VALUE == 7
+    (tmp_path / "bad_i21.py").write_text("x = 1\n\nraise RuntimeError('at import')\n")
+    with pytest.raises(UserModuleError, match=rf"importing {tmp_path / 'bad_i21.py'} failed at line 3: "
+                                              r"RuntimeError: at import"):
+        load_file(tmp_path / "bad_i21.py", "t21", "test.modules")
+    (tmp_path / "syntax_i21.py").write_text("def f(:\n    pass\n")
+    with pytest.raises(UserModuleError, match="failed at line 1: SyntaxError"):
+        load_file(tmp_path / "syntax_i21.py", "t21", "test.modules")
