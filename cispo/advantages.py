@@ -6,6 +6,7 @@ Samples arrive grouped: the G responses of one prompt are consecutive. Registry:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,10 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_size: int,
                          f"entries, got shape {tuple(rewards.shape)}")
     if valid is None:
         valid = torch.ones_like(rewards, dtype=torch.bool)
-    return ADVANTAGES[name](rewards, group_size, valid, **kwargs)
+    fn = ADVANTAGES[name]
+    if "eps" in kwargs and "eps" not in inspect.signature(fn).parameters:
+        kwargs.pop("eps")  # algorithm.advantage_eps: only estimators that divide by a std take it
+    return fn(rewards, group_size, valid, **kwargs)
 
 
 @register_advantage("group_norm")
@@ -51,6 +55,26 @@ def group_norm(rewards: torch.Tensor, group_size: int, valid: torch.Tensor,
     n = v.sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = (r * v).sum(dim=1, keepdim=True) / n
     std = (((r - mean) ** 2 * v).sum(dim=1, keepdim=True) / n).sqrt()
+    return ((r - mean) / (std + eps) * v).reshape(-1)
+
+
+@register_advantage("batch_norm")
+def batch_norm(rewards: torch.Tensor, group_size: int, valid: torch.Tensor,
+               eps: float = 1e-6) -> torch.Tensor:
+    """Â_i = (R_i − mean_{j∈g(i)} R_j) / (std_{j∈batch} R_j + eps): the group's mean as the
+    baseline, the standard deviation of every valid reward of the batch (the step's samples) as
+    the scale. ScaleRL's batch-level advantage normalisation (as LitePPO / TRL's
+    scale_rewards="batch"): no per-group division, so a group where one of 16 is right does not
+    get the same-sized advantages as one where half are. std is the population std; zero-variance
+    groups get 0; a batch whose valid rewards are all equal gets 0 everywhere.
+    """
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.reshape(-1, group_size).to(dtype)
+    v = valid.reshape(-1, group_size).to(dtype)
+    mean = (r * v).sum(dim=1, keepdim=True) / v.sum(dim=1, keepdim=True).clamp(min=1.0)
+    n = v.sum().clamp(min=1.0)
+    batch_mean = (r * v).sum() / n
+    std = (((r - batch_mean) ** 2 * v).sum() / n).sqrt()
     return ((r - mean) / (std + eps) * v).reshape(-1)
 
 

@@ -66,6 +66,11 @@ class DataConfig:
     max_prompt_tokens: int = 1024  # longer prompts are skipped and counted
     shuffle: bool = True
     seed: int = 0
+    # ScaleRL's no-positive-resampling: a prompt whose samples pass (score >= pass_score) at a
+    # rate >= retire_pass_rate in a step is left out of every later epoch (ScaleRL: 0.9);
+    # null = off. The retired prompts are kept in checkpoints (exact resume).
+    retire_pass_rate: float | None = None
+    pass_score: float = 1.0  # the score a sample needs to count as passed (math reward: right)
     # built-in arithmetic task
     arithmetic_rows: int = 2000
     arithmetic_max_operand: int = 2  # operands drawn from 0..max_operand
@@ -97,6 +102,10 @@ class RolloutConfig:
     # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.
     async_generation: bool = False
+    # with async_generation: how many weight syncs old a rollout may be when it is trained on
+    # (k-step off-policy; ScaleRL: 8). The rollout of step t samples with the weights after update
+    # t - k, a fixed schedule, so runs repeat and resume exactly (cispo.staleness). 1 = one step
+    max_staleness: int = 1
     # prompts decoded together per engine call (0 = all of a worker's prompts at once)
     max_prompts_per_batch: int = 0
     # MoE routing replay: the engine records each token's experts, the learner's forward uses
@@ -185,7 +194,8 @@ class AlgorithmConfig:
     eps_low: float = 1.0
     eps_high: float = 0.28
     # token: divide by all unmasked tokens of the batch (M1). sample: mean over each response's
-    # tokens, then over responses (grpo needs it; cispo + sample = M1's long-window variant)
+    # tokens, then over responses (grpo needs it; cispo + sample = M1's long-window variant).
+    # prompt: mean over each prompt's tokens (all its responses), then over prompts (ScaleRL)
     normalization: str = "token"
     # further keyword arguments of the loss, e.g. {trust_region_mask: true} (cispo, Eq. 7) or
     # {dual_clip: 3.0} (ppo_clip); see docs/loss.md

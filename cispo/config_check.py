@@ -201,8 +201,17 @@ def value_problems(cfg) -> list[str]:
                                 ("learner.head_precision", cfg.learner.head_precision, "ieee")):
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
-    problems += _size_problems(cfg) + _sandbox_problems(cfg)
+    problems += _size_problems(cfg) + _sandbox_problems(cfg) + _recipe_problems(cfg)
     return problems
+
+
+def _recipe_problems(cfg) -> list[str]:
+    """Loss averaging that the loss cannot do (ranges of ScaleRL's options: cispo.config_rules)."""
+    out = []
+    if cfg.algorithm.normalization == "prompt" and cfg.algorithm.loss == "grpo":
+        out.append("algorithm.loss=grpo normalises per sample: use normalization=sample, or "
+                   "loss=dapo/cispo for prompt-level averaging")
+    return out
 
 
 def resource_problems(cfg, gpus_available: float, where: str) -> list[str]:

@@ -96,6 +96,8 @@ RULES: dict[str, Range | Choice | Each] = {
     "model.tiny.rope_theta": positive(), "model.tiny.init_seed": at_least(0),
     "data.max_prompt_tokens": COUNT, "data.seed": at_least(0),
     "data.arithmetic_rows": COUNT, "data.arithmetic_max_operand": at_least(0),
+    "data.retire_pass_rate": Range(0, 1, note="a pass rate; ScaleRL: 0.9; null = off"),
+    "data.pass_score": Range(),  # any score
     "rollout.num_workers": COUNT, "rollout.prompts_per_step": COUNT,
     "rollout.group_size": COUNT, "rollout.max_new_tokens": COUNT,
     "rollout.temperature": positive("sampling needs a temperature above 0"),
@@ -106,6 +108,8 @@ RULES: dict[str, Range | Choice | Each] = {
     "rollout.num_gpus_per_worker": at_least(0), "rollout.torch_threads": COUNT,
     "rollout.sync_bucket_mb": positive(), "rollout.max_prompts_per_batch": OPTIONAL_COUNT,
     "rollout.placement_groups": one_of("auto", "on", "off"),
+    "rollout.max_staleness": at_least(1, "async generation is at least 1 step off-policy; for "
+                                         "on-policy rollouts set rollout.async_generation=false"),
     "reward.timeout_s": SECONDS, "reward.error_score": Range(), "reward.max_concurrency": COUNT, "reward.num_workers": COUNT,
     "reward.max_consecutive_timeouts": OPTIONAL_COUNT,
     "reward.length_penalty.max_length": COUNT, "reward.length_penalty.cache": at_least(0),
@@ -116,7 +120,7 @@ RULES: dict[str, Range | Choice | Each] = {
     "sandbox.scorers_per_node": COUNT, "sandbox.max_restarts": at_least(0),
     "sandbox.nodes_wait_s": at_least(0, "0 = only the sandbox nodes already joined"),
     "algorithm.eps_low": Range(0, 1, note="1 = no lower bound (M1)"),
-    "algorithm.eps_high": at_least(0), "algorithm.normalization": one_of("token", "sample"),
+    "algorithm.eps_high": at_least(0), "algorithm.normalization": one_of("token", "sample", "prompt"),
     "algorithm.advantage_eps": at_least(0), "algorithm.max_sampling_rounds": COUNT,
     "algorithm.num_minibatches": COUNT, "algorithm.old_logprobs": one_of("learner", "rollout"),
     "learner.num_workers": COUNT, "learner.zero_stage": one_of(0, 1, 2, 3),

@@ -183,15 +183,28 @@ def tokenize_checked(text: Any, row: dict, cfg: Any, tokenizer) -> tuple[list[in
 
 
 class PromptStream:
-    """Endless batches over the prompts, reshuffled each epoch; `state()` resumes exactly."""
+    """Endless batches over the prompts, reshuffled each epoch; `state()` resumes exactly.
+
+    `retire(prompts)` (ScaleRL's no-positive-resampling): those prompts are left out of every
+    later epoch's order (the current epoch keeps its order). If every prompt is retired, the
+    next epoch uses them all again, with a warning, rather than stop the run.
+    """
 
     def __init__(self, prompts: list[Prompt], shuffle: bool = True, seed: int = 0):
         self.prompts, self.shuffle, self.seed = prompts, shuffle, seed
         self.epoch, self.pos = 0, 0
+        self.retired: list[int] = []  # prompt indices, in the order they were retired
+        self._in_order = 0  # how many of them the current epoch's order leaves out
+        self._index = {id(q): i for i, q in enumerate(prompts)}
         self._order = self._make_order()
 
     def _make_order(self) -> list[int]:
-        order = list(range(len(self.prompts)))
+        gone = set(self.retired[:self._in_order])
+        order = [i for i in range(len(self.prompts)) if i not in gone]
+        if not order:
+            log.warning("data: every prompt is retired (pass rate over data.retire_pass_rate); "
+                        "epoch %d uses them all again", self.epoch)
+            order = list(range(len(self.prompts)))
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(order)
         return order
@@ -201,19 +214,44 @@ class PromptStream:
         out = []
         while len(out) < n:
             if self.pos == len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
+                self.epoch, self.pos, self._in_order = self.epoch + 1, 0, len(self.retired)
                 self._order = self._make_order()
             out.append(self.prompts[self._order[self.pos]])
             self.pos += 1
         return out
 
+    def retire(self, prompts: list[Prompt]) -> int:
+        """Leave these prompts (objects this stream handed out) out of later epochs; returns how
+        many were newly retired."""
+        done = set(self.retired)
+        new = [i for q in prompts if (i := self._index.get(id(q))) is not None and i not in done]
+        new = list(dict.fromkeys(new))
+        self.retired += new
+        return len(new)
+
     def metrics(self) -> dict[str, float]:
-        """`data/epoch`: epochs of the prompts drawn so far (1.5 = half-way through the second)."""
-        return {"data/epoch": self.epoch + self.pos / len(self._order)}
+        """`data/epoch`: epochs of the prompts drawn so far (1.5 = half-way through the second);
+        `data/retired`: prompts retired so far (no-positive-resampling)."""
+        return {"data/epoch": self.epoch + self.pos / len(self._order),
+                "data/retired": float(len(self.retired))}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "retired": list(self.retired),
+                "retired_in_order": self._in_order}
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
+        self.retired = list(state.get("retired", []))
+        self._in_order = state.get("retired_in_order", 0)
         self._order = self._make_order()
+
+
+def solved_prompts(batch: list[Prompt], samples: list, scores: list, pass_score: float,
+                   pass_rate: float) -> list[Prompt]:
+    """The prompts of `batch` whose scored samples reached `pass_score` at a rate >= `pass_rate`
+    (samples carry `prompt_index` into batch; a skipped sample, score None, does not count)."""
+    passed: dict[int, list[bool]] = {}
+    for s, x in zip(samples, scores, strict=True):
+        if x is not None:
+            passed.setdefault(s.prompt_index, []).append(float(x) >= pass_score)
+    return [batch[i] for i, ok in sorted(passed.items()) if ok and sum(ok) / len(ok) >= pass_rate]

@@ -76,12 +76,17 @@ class MixedStream:
         return [q for name, k in sorted(self.last_counts.items()) if k
                 for q in self.streams[name].next_batch(k)]
 
+    def retire(self, prompts: list[data.Prompt]) -> int:
+        """No-positive-resampling: each source retires the prompts it handed out."""
+        return sum(s.retire(prompts) for s in self.streams.values())
+
     def metrics(self) -> dict[str, float]:
         """`data/mix_<source>`: the share of the last batch drawn from each source;
         `data/epoch_<source>`: epochs of that source's prompts drawn so far."""
         total = sum(self.last_counts.values()) or 1
         return {**{f"data/mix_{name}": k / total for name, k in sorted(self.last_counts.items())},
-                **{f"data/epoch_{name}": s.metrics()["data/epoch"] for name, s in sorted(self.streams.items())}}
+                **{f"data/epoch_{name}": s.metrics()["data/epoch"] for name, s in sorted(self.streams.items())},
+                "data/retired": float(sum(len(s.retired) for s in self.streams.values()))}
 
     def state(self) -> dict:
         return {name: s.state() for name, s in self.streams.items()}

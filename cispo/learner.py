@@ -43,6 +43,7 @@ class TrainItem:
     rollout_logprobs: list[float]
     advantage: float
     routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
+    prompt_index: int = 0  # which prompt of the step it answers (prompt-level loss averaging)
 
 
 def _free_port() -> int:
@@ -51,8 +52,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded [B, L] ids plus [B, L-1] response mask / targets aligned with logits[:, :-1]."""
+def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]] | None = None,
+            prompt_tokens: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded [B, L] ids plus [B, L-1] response mask / targets aligned with logits[:, :-1];
+    `prompt_tokens` [B]: each row's prompt-group token total (normalization="prompt")."""
     width = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
     B = len(items)
     ids = torch.full((B, width), pad_id, dtype=torch.long)
@@ -74,6 +77,8 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
         adv[i] = it.advantage
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
            "old_logprobs": old, "advantages": adv}
+    if prompt_tokens is not None:
+        out["prompt_tokens"] = torch.tensor(prompt_tokens, dtype=torch.float32)
     if any(it.routing is not None for it in items):
         from cispo.models.routing_replay import pad_routing
 
@@ -193,14 +198,15 @@ class LearnerWorker:
         return {"autoep_layers": len(layers),
                 "local_experts": layers[0].num_local_experts if layers else 0}
 
-    def _dummy(self, with_old: bool) -> dict[str, torch.Tensor]:
+    def _dummy(self, with_old: bool, with_prompts: bool = False) -> dict[str, torch.Tensor]:
         """A fully masked micro-batch: keeps this rank's collectives in step with the others."""
         dummy = TrainItem([self.pad_id, self.pad_id], [self.pad_id], [0.0], 0.0)
-        batch = collate([dummy], self.pad_id, [[0.0]] if with_old else None)
+        batch = collate([dummy], self.pad_id, [[0.0]] if with_old else None, [1.0] if with_prompts else None)
         batch["mask"].zero_()
         return batch
 
-    def _micro_batches(self, items: list[TrainItem], old: list[list[float]] | None):
+    def _micro_batches(self, items: list[TrainItem], old: list[list[float]] | None,
+                       prompt_tokens: list[float] | None = None):
         """(micro-batch, indices of its items) pairs, the same count on every rank."""
         if self.micro_batch_tokens > 0:
             groups = plan_micro_batches([len(it.prompt_ids) + len(it.response_ids) for it in items],
@@ -213,14 +219,15 @@ class LearnerWorker:
             n = self.n_micro
         for k in range(n):
             if k >= len(groups):
-                dummy = self._dummy(old is not None)
+                dummy = self._dummy(old is not None, prompt_tokens is not None)
                 if self.sp is not None:  # the sequence-parallel layers take packed rows only
                     dummy["packed"] = pack([[self.pad_id] * 3], pad_id=self.pad_id)
                 yield dummy, []
                 continue
             idx = groups[k]
             batch = collate([items[i] for i in idx], self.pad_id,
-                            [old[i] for i in idx] if old is not None else None)
+                            [old[i] for i in idx] if old is not None else None,
+                            [prompt_tokens[i] for i in idx] if prompt_tokens is not None else None)
             if self.micro_batch_tokens > 0:
                 batch["packed"] = pack([items[i].prompt_ids + items[i].response_ids for i in idx],
                                        pad_id=self.pad_id)
@@ -300,8 +307,12 @@ class LearnerWorker:
         return out, s
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
-                        loss_kwargs: dict, global_tokens: float, global_samples: float) -> dict[str, float]:
-        """One optimizer step over this rank's share of a minibatch."""
+                        loss_kwargs: dict, global_tokens: float, global_samples: float,
+                        prompt_tokens: list[float] | None = None,
+                        global_prompts: float | None = None) -> dict[str, float]:
+        """One optimizer step over this rank's share of a minibatch. `prompt_tokens` (each item's
+        prompt-group token total over the minibatch) and `global_prompts` come with
+        normalization="prompt"."""
         from cispo.loss import policy_loss
 
         self.engine.train()
@@ -309,17 +320,21 @@ class LearnerWorker:
         # result the gradient of the loss normalised by the whole minibatch's token count.
         per_rank_tokens = global_tokens / self.world_size
         per_rank_samples = global_samples / self.world_size
+        extra = {}
         sums = {"loss": 0.0, "tokens": 0.0, "ratio": 0.0, "clipped": 0.0, "ratio_max": 0.0,
                 "ratio_min": float("inf")}
-        batches = list(self._micro_batches(items, old))
+        batches = list(self._micro_batches(items, old, prompt_tokens))
         for k, (batch, _) in enumerate(batches):
             # the boundary is the last micro-batch, whatever their number this step
             self.engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
             lp, _ = self._token_logprobs(batch)
             dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
+            if prompt_tokens is not None:  # the same per-rank scaling as token_count
+                extra = {"prompt_tokens": batch["prompt_tokens"].to(lp.device),
+                         "prompt_count": global_prompts / self.world_size}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
-                                  sample_count=per_rank_samples, **loss_kwargs)
+                                  sample_count=per_rank_samples, **extra, **loss_kwargs)
             # scale_wrt_gas=False: the loss is already normalised by the token count. Every rank of
             # a sequence-parallel group holds the whole row's loss: / sp_size so the group adds
             # up to it once (the log-prob gather's backward sums the group's gradients).
@@ -444,6 +459,14 @@ class LearnerWorker:
             self.engine.module.save_pretrained(out_dir, state_dict=sd)
 
 
+def prompt_token_totals(items: list[TrainItem]) -> dict[int, float]:
+    """Response tokens per prompt (`prompt_index`) over `items`: T_g of prompt-level averaging."""
+    out: dict[int, float] = {}
+    for it in items:
+        out[it.prompt_index] = out.get(it.prompt_index, 0.0) + len(it.response_ids)
+    return out
+
+
 def micro_batches_per_step(learner: Any, samples_per_minibatch: int) -> int:
     """Padded-row micro-batches per rank and optimizer step (DeepSpeed's accumulation steps)."""
     per_rank = -(-samples_per_minibatch // learner.num_workers)
@@ -496,9 +519,14 @@ class LearnerGroup:
                         loss_kwargs: dict) -> dict[str, float]:
         tokens = float(sum(len(it.response_ids) for it in items))
         shards, olds = self._shards(items), self._shards(old)
+        per_item, n_prompts = [None] * len(shards), None
+        if loss_kwargs.get("normalization") == "prompt":  # each item's T_g, and the prompt count
+            per_prompt = prompt_token_totals(items)
+            per_item = self._shards([per_prompt[it.prompt_index] for it in items])
+            n_prompts = float(sum(t > 0 for t in per_prompt.values()))  # as cispo.loss counts P
         parts = self._leaders(ray.get([
-            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
-            for w, s, o in zip(self.workers, shards, olds, strict=True)]))
+            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)), pt, n_prompts)
+            for w, s, o, pt in zip(self.workers, shards, olds, per_item, strict=True)]))
         t = max(sum(p["tokens"] for p in parts), 1.0)
         return {"loss/policy": sum(p["loss"] for p in parts),
                 "is_weight/mean": sum(p["ratio"] for p in parts) / t,

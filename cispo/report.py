@@ -17,8 +17,10 @@ import math
 import sys
 from pathlib import Path
 
-SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "logprob/train_rollout_pearson",
-                "logprob/entropy_mean", "response/length_mean", "reward/errors", "time/step_s"]
+# is/round_1/clip_frac: the first off-policy round's clip fraction (algorithm.num_minibatches > 1)
+SUMMARY_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "is/round_1/clip_frac",
+                "logprob/train_rollout_pearson", "logprob/entropy_mean", "response/length_mean",
+                "reward/errors", "time/step_s"]
 PLOT_KEYS = ["reward/mean", "loss/policy", "is_weight/clip_frac", "logprob/train_rollout_pearson",
              "logprob/entropy_mean", "response/length_mean", "grad/norm", "time/step_s"]
 WINDOW = 20  # steps averaged at each end of a run

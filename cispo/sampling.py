@@ -20,6 +20,21 @@ class Group:
     scores: list  # G floats, or None for a skipped sample
 
 
+@dataclass
+class Rollout:
+    """One step's scored groups, and which weights sampled them. Async checkpoints pickle it
+    (`kept.pkl`), so it lives here, in a module that is never `__main__`."""
+
+    groups: list  # Group
+    sampling_metrics: dict
+    reward_metrics: dict
+    seconds: float
+    version: int  # the weight sync the engines held while sampling
+    data_before: dict  # the prompt stream's position before this rollout drew its prompts
+    data_after: dict  # ... and after
+    data_metrics: dict  # the stream's metrics for these prompts (epoch, mix shares)
+
+
 def has_signal(scores: list) -> bool:
     valid = [s for s in scores if s is not None]
     return len(valid) >= 2 and max(valid) != min(valid)

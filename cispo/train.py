@@ -16,8 +16,6 @@ if __name__ == "__main__":  # the command line is checked before the heavy impor
 import logging
 import math
 import time
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,7 +37,9 @@ from cispo.monitor import Progress, RunLogger, sample_rows
 from cispo.planner import run_plan
 from cispo.preflight import run_preflight
 from cispo.report import summary
+from cispo.sampling import Rollout
 from cispo.schedule import WindowSchedule, stats_from_samples
+from cispo.staleness import RolloutsAhead, from_checkpoint, max_staleness, to_checkpoint
 from rewards.manager import RewardManager, RewardStopped
 from rewards.scorers import ScorerUnavailable
 from rollout.manager import RolloutManager
@@ -58,21 +58,15 @@ def main(cfg: DictConfig) -> None:
         return run_preflight(cfg)
     p = build(cfg)
     A, G, total = cfg.algorithm, cfg.rollout.group_size, cfg.trainer.total_steps
-    # async: the rollout of step k+1 runs in a thread (Ray calls + reward scoring) while the
-    # learner trains on step k; it samples from the weights synced before step k's update.
-    ahead = ThreadPoolExecutor(1, "rollout") if cfg.rollout.async_generation else None
-    pending = None
-    if ahead and p.start < total:  # resumed: the rollout the checkpoint kept, else a new one
-        pending = done(p.resumed) if p.resumed else ahead.submit(rollout_step, p, cfg, p.start)
+    # async: later steps' rollouts (Ray calls + reward scoring) run in a thread while the learner
+    # trains, each sampled at most rollout.max_staleness syncs ago (cispo.staleness); resumed:
+    # the rollouts the checkpoint kept come first
+    ahead = RolloutsAhead(partial(rollout_step, p, cfg), max_staleness(cfg), p.start, total, p.resumed)
     with Progress(total, p.start, cfg.logging.progress, cfg.logging.progress_every_s) as bar, \
             interrupt.StopRequest() as stop:  # Ctrl-C: finish the step, checkpoint, stop
         for step in range(p.start, total):
             t0 = time.monotonic()
-            if pending is not None:                                  # 1-3. prompts → rollout → reward
-                ro = pending.result()
-                pending = ahead.submit(rollout_step, p, cfg, step + 1) if step + 1 < total else None
-            else:
-                ro = rollout_step(p, cfg, step)
+            ro = ahead.take(step)                                    # 1-3. prompts → rollout → reward
             t_wait = time.monotonic() - t0
             staleness = p.rollout.version - ro.version  # syncs since these samples' weights
             _, samples, scores = sampling.flatten(ro.groups)
@@ -81,8 +75,7 @@ def main(cfg: DictConfig) -> None:
             t1 = time.monotonic()
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
-            if pending is not None:  # engines finish step k+1 before they take the new weights
-                futures.wait([pending])
+            ahead.settle()  # the engines finish what they sample with the old weights
             t3 = time.monotonic()
             sync_metrics = sync(p.learner, p.rollout, cfg)                            # 6. sync
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
@@ -103,17 +96,18 @@ def main(cfg: DictConfig) -> None:
             stopping = stop.requested and step + 1 < total
             if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or \
                     (stopping and cfg.trainer.save_on_interrupt):
-                save(p, step + 1, pending)
+                save(p, step + 1, ahead)
             if stopping:
+                ahead.close()
                 return stopped(cfg, p, step + 1, stop.signal_name)
-    if ahead is not None:
-        ahead.shutdown()
+    ahead.close()
     finish(cfg, p)
 
 
-def save(p: Parts, step: int, pending: futures.Future | None) -> Path:
-    next_ro = pending.result() if pending is not None else None  # done: waited for in the step
-    return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ro), kept(p, next_ro))
+def save(p: Parts, step: int, ahead: RolloutsAhead) -> Path:
+    next_ros = ahead.kept()  # finished: settled in the step
+    return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ros),
+                           to_checkpoint(next_ros, p.rollout.version))
 
 
 @dataclass
@@ -128,21 +122,7 @@ class Parts:
     rollout: RolloutManager
     logger: RunLogger
     schedule: WindowSchedule
-    resumed: Rollout | None = None  # async resume: step `start`'s rollout, from the checkpoint
-
-
-@dataclass
-class Rollout:
-    """One step's scored groups, and which weights sampled them."""
-
-    groups: list
-    sampling_metrics: dict
-    reward_metrics: dict
-    seconds: float
-    version: int  # the weight sync the engines held while sampling
-    data_before: dict  # the prompt stream's position before this rollout drew its prompts
-    data_after: dict  # ... and after
-    data_metrics: dict  # the stream's metrics for these prompts (epoch, mix shares)
+    resumed: list = ()  # async resume: the rollouts of steps start, start + 1, ... the checkpoint kept
 
 
 def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
@@ -203,8 +183,8 @@ def build(cfg: DictConfig) -> Parts:
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
-        if cfg.rollout.async_generation and (resumed := checkpoint.read_kept(ckpt)):
-            stream.load_state(resumed["rollout"].data_after)  # its prompts are drawn already
+        if resumed := from_checkpoint(checkpoint.read_kept(ckpt), max_staleness(cfg)):
+            stream.load_state(resumed[-1][0].data_after)  # their prompts are drawn already
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
                              cfg.parallel)
@@ -214,13 +194,13 @@ def build(cfg: DictConfig) -> Parts:
         log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
         cfg.algorithm.old_logprobs = "rollout"
     sync(learner, rollout, cfg)
-    if resumed:  # sampled `behind` syncs before the checkpoint's weights, as in the killed run
-        resumed["rollout"].version = rollout.version - resumed["behind"]
+    for ro, behind in resumed or ():  # sampled `behind` syncs before the checkpoint's weights
+        ro.version = rollout.version - behind
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
     return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched,
-                 resumed and resumed["rollout"])
+                 [ro for ro, _ in resumed or ()])
 
 
 def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
@@ -269,7 +249,7 @@ def advantages(samples, scores: list, A: DictConfig, G: int):
     valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)
     rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
     adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)
-    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing)
+    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing, s.prompt_index)
              for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
     return items, rewards, valid
 
@@ -307,24 +287,12 @@ def merge_minibatch_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: (float("nan") if math.isinf(v) else v) for k, v in out.items()}  # inf: no tokens
 
 
-def states(p: Parts, next_ro: Rollout | None = None) -> dict:
+def states(p: Parts, next_ros: list | tuple = ()) -> dict:
     """What a checkpoint keeps besides the learner: the position after the prompts consumed so
-    far, and the window schedule. With async generation the next step's rollout has already
-    drawn its prompts (`next_ro`); they are not consumed yet, so the position is the one before."""
-    data = next_ro.data_before if next_ro is not None else p.stream.state()
+    far, and the window schedule. With async generation the next steps' rollouts have already
+    drawn their prompts (`next_ros`); they are not consumed yet, so the position is the one before."""
+    data = next_ros[0].data_before if next_ros else p.stream.state()
     return {"data": data, "schedule": p.schedule.state_dict()}
-
-
-def kept(p: Parts, next_ro: Rollout | None) -> dict | None:
-    """The next step's finished rollout, for an exact async resume: it was sampled with weights
-    one sync older than the checkpoint's, which the checkpoint does not hold."""
-    return None if next_ro is None else {"rollout": next_ro, "behind": p.rollout.version - next_ro.version}
-
-
-def done(result) -> futures.Future:
-    f: futures.Future = futures.Future()
-    f.set_result(result)
-    return f
 
 
 def stopped(cfg: DictConfig, p: Parts, step: int, why: str) -> None:
@@ -394,7 +362,11 @@ def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -
     except RewardStopped as e:  # a reward that only times out: one message, not hours of limits
         raise SystemExit(f"reward: {e}") from None
     rounds.append(metrics)
-    return repetition_policy(samples, scores, cfg.rollout.repetition_reward)
+    scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
+    if cfg.data.retire_pass_rate is not None:  # no-positive-resampling (dropped groups count too)
+        p.stream.retire(data.solved_prompts(batch, samples, scores, cfg.data.pass_score,
+                                            cfg.data.retire_pass_rate))
+    return scores
 
 
 SUMMED = ("errors", "timeouts", "skips", "time/")  # per-round counts and durations

@@ -58,3 +58,22 @@ def test_run_record_averages_each_off_policy_round():
     assert rec["steps_to_threshold"] == 2 and rec["final_reward"] == 0.25
     assert rec["per_round"]["round_1"] == {"clip_frac": 0.15000000000000002, "max": 2.0}
     assert rec["per_round"]["round_0"]["clip_frac"] == 0.0
+
+
+def test_sign_test_is_the_exact_binomial_and_pairs_by_seed():
+    # 9 of 10 paired seeds faster, one slower: p = 2 * (C(10,0) + C(10,1)) / 2^10 = 22/1024
+    t = ablation.sign_test([1] * 9 + [9], [2] * 9 + [3], 30)
+    assert (t["a_faster"], t["b_faster"], t["ties"]) == (9, 1, 0)
+    assert math.isclose(t["p_two_sided"], 22 / 1024)
+    # a run that never reached the threshold is slower than any that did; two such runs tie
+    t = ablation.sign_test([None, None, 5], [7, None, 6], 30)
+    assert (t["a_faster"], t["b_faster"], t["ties"]) == (1, 1, 1) and t["p_two_sided"] == 1.0
+    assert t["diffs"] == [31 - 7, 0, -1]
+
+
+def test_fork_arms_cover_the_issue_grid():
+    arms = ablation.FORK_ARMS
+    assert {a["eps_high"] for a in arms.values() if a["loss"] == "cispo"} >= {0.28, 1.0, 4.0}
+    assert (arms["dapo"]["eps_low"], arms["dapo"]["eps_high"]) == (0.2, 0.28)
+    assert (arms["grpo"]["eps_low"], arms["grpo"]["eps_high"], arms["grpo"]["normalization"]) == (0.2, 0.2, "sample")
+    assert all(a["eps_low"] == 1.0 for a in arms.values() if a["loss"] == "cispo")

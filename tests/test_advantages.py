@@ -52,7 +52,7 @@ def test_group_mean_and_rloo_float64():
     assert lo[:3].tolist() == [0.0, 0.0, 0.0]
 
 
-@given(st.lists(st.floats(-10, 10), min_size=4, max_size=4), st.sampled_from(["group_norm", "group_mean", "rloo"]))
+@given(st.lists(st.floats(-10, 10), min_size=4, max_size=4), st.sampled_from(["group_norm", "group_mean", "rloo", "batch_norm"]))
 def test_advantages_are_shift_invariant_and_zero_for_equal_groups(rs, name):
     r = torch.tensor(rs, dtype=torch.float64)
     a = compute_advantages(name, r, group_size=4)
@@ -62,7 +62,7 @@ def test_advantages_are_shift_invariant_and_zero_for_equal_groups(rs, name):
     assert torch.all(flat.abs() < 1e-12)  # rloo: (4x − x)/3 − x rounds to ~1e-17, not 0
 
 
-@pytest.mark.parametrize("name", ["group_norm", "group_mean", "rloo"])
+@pytest.mark.parametrize("name", ["group_norm", "group_mean", "rloo", "batch_norm"])
 def test_fully_skipped_group_and_extreme_rewards_stay_finite(name):
     # group 0: every sample skipped (the "empty mask" of estimators) -> all 0, no NaN
     r = torch.tensor([3.0, 1.0, 2.0, 1e12, -1e12, 0.0, 1e-9, 0.0, 0.0], dtype=torch.float64)
@@ -88,3 +88,42 @@ def test_estimators_zero_sum_and_scale_properties(rs):
     if r.std(unbiased=False) > 1e-3:
         assert abs(gn.sum().item()) < 1e-6
         assert gn.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_batch_norm_matches_formula_float64():
+    """ScaleRL's batch-level normalisation: group mean as baseline, the whole batch's std as scale."""
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+    adv = compute_advantages("batch_norm", r, group_size=4, eps=1e-12)
+    xs = r.tolist()
+    mu = sum(xs) / 12
+    std = (sum((x - mu) ** 2 for x in xs) / 12) ** 0.5  # population std over the batch
+    for g in range(3):
+        part = xs[4 * g:4 * g + 4]
+        m = sum(part) / 4
+        for i in range(4):
+            assert adv[4 * g + i].item() == pytest.approx((part[i] - m) / (std + 1e-12), rel=1e-12)
+    # one right of four and three right of four: the same distance to the group mean (0.75), as
+    # group_norm would also give, but here not rescaled per group
+    assert adv[0].item() == pytest.approx(0.75 / (std + 1e-12), rel=1e-12)
+    assert torch.all(adv[8:] == 0)  # zero-variance group
+
+
+def test_batch_norm_hand_worked_and_skips():
+    """Two groups of 2: rewards (1, 0) and (1, 1): batch mean 3/4, batch std √(3/16) = √3/4;
+    group 0's baseline is 1/2, so Â = ±(1/2)/(√3/4) = ±2/√3; group 1 gets 0. A skipped sample
+    takes no part: (1, 0 skipped) and (1, 0) has batch std over the three valid rewards."""
+    adv = compute_advantages("batch_norm", torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64), 2, eps=0.0)
+    assert adv.tolist() == pytest.approx([2 / 3 ** 0.5, -2 / 3 ** 0.5, 0.0, 0.0], rel=1e-12)
+    valid = torch.tensor([True, False, True, True])
+    adv = compute_advantages("batch_norm", torch.tensor([1.0, 5.0, 1.0, 0.0], dtype=torch.float64), 2, valid, eps=0.0)
+    std = (sum((x - 2 / 3) ** 2 for x in (1.0, 1.0, 0.0)) / 3) ** 0.5
+    assert adv.tolist() == pytest.approx([0.0, 0.0, 0.5 / std, -0.5 / std], rel=1e-12)
+    flat = compute_advantages("batch_norm", torch.ones(4, dtype=torch.float64), 2)
+    assert torch.all(flat == 0)
+
+
+def test_advantage_eps_reaches_only_the_estimators_that_take_it():
+    """cispo.train passes algorithm.advantage_eps to every estimator; the mean-only ones ignore it."""
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    for name in ("group_mean", "rloo", "group_norm", "batch_norm"):
+        assert torch.isfinite(compute_advantages(name, r, 2, eps=1e-6)).all()

@@ -60,7 +60,8 @@ def test_mixed_stream_from_two_files(tmp_path):
     assert Counter(q.data_source for q in late) == {"math": 4, "chat": 4}
     # 8 + 4 of math's 7 prompts, 4 of chat's: epochs drawn so far
     assert stream.metrics() == pytest.approx({"data/mix_chat": 0.5, "data/mix_math": 0.5,
-                                              "data/epoch_chat": 4 / 7, "data/epoch_math": 12 / 7})
+                                              "data/epoch_chat": 4 / 7, "data/epoch_math": 12 / 7,
+                                              "data/retired": 0.0})
     state = stream.state()
     again, _ = build_mixed_stream(cfg, build_char_tokenizer())
     again.load_state(state)

@@ -1,5 +1,6 @@
 """A run killed after its step-3 checkpoint and resumed repeats the uninterrupted run exactly, in sync
-and in async (one-step off-policy) generation."""
+and in async generation (one-step and two-step off-policy), with no-positive-resampling retiring
+prompts of a 10-row dataset (so later epochs' orders depend on the restored retired set)."""
 
 import json
 import os
@@ -13,7 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "logging.progress=false",
-         "logging.wandb_mode=disabled", "trainer.save_every=3"]
+         "logging.wandb_mode=disabled", "trainer.save_every=3",
+         # no-positive-resampling with every sample passing (score >= 0): each row retires once
+         # drawn, so over 2.4 epochs of 10 rows the orders depend on the restored retired set
+         "data.arithmetic_rows=10", "data.pass_score=0.0", "data.retire_pass_rate=1.0"]
 
 
 def cmd(run_dir: Path, *extra: str) -> list[str]:
@@ -27,17 +31,23 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 # per step: the loss, and what says which prompts it trained on and what they scored
-SAME = ("loss/policy", "data/epoch", "reward/mean", "response/length_mean", "rollout/staleness")
+SAME = ("loss/policy", "data/epoch", "data/retired", "reward/mean", "response/length_mean",
+        "rollout/staleness")
+MODES = {"sync": ["rollout.async_generation=false"],
+         "async": ["rollout.async_generation=true"],
+         "async2": ["rollout.async_generation=true", "rollout.max_staleness=2"]}
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_kill_and_resume_reproduces_losses(tmp_path, mode):
     """async: the checkpoint after step 3 is written while step 4's rollout (prompts drawn,
     sampled with the weights before step 3's update) is already done; the resumed run must
-    train step 4 on exactly those samples, then carry on as the uninterrupted run did."""
-    extra = ["trainer.total_steps=6", f"rollout.async_generation={str(mode == 'async').lower()}"]
+    train step 4 on exactly those samples, then carry on as the uninterrupted run did. async2
+    (max_staleness=2): the checkpoint keeps the finished rollouts of steps 4 and 5, sampled with
+    the weights before steps 2's and 3's updates."""
+    extra = ["trainer.total_steps=6", *MODES[mode]]
     full = tmp_path / "full"
     subprocess.run(cmd(full, *extra), cwd=ROOT, check=True, capture_output=True)
 
@@ -56,9 +66,14 @@ def test_kill_and_resume_reproduces_losses(tmp_path, mode):
     assert p.returncode == 0, p.stderr[-3000:]
     # exactly: same data, seeds, weights and optimizer state (and, async, the kept rollout)
     assert [{k: r[k] for k in SAME} for r in rows(part)] == [{k: r[k] for k in SAME} for r in rows(full)]
-    staleness = {r["rollout/staleness"] for r in rows(full)[1:]}
-    assert staleness == ({1.0} if mode == "async" else {0.0})
-    assert (part / "checkpoints" / "step_3" / "kept.pkl").exists() == (mode == "async")
+    k = {"sync": 0, "async": 1, "async2": 2}[mode]
+    assert [r["rollout/staleness"] for r in rows(full)] == [float(min(s, k)) for s in range(6)]
+    assert (part / "checkpoints" / "step_3" / "kept.pkl").exists() == (k > 0)
+    if k:
+        from cispo.checkpoint import read_kept
+
+        assert len(read_kept(part / "checkpoints" / "step_3")["rollouts"]) == k
+    assert rows(full)[-1]["data/retired"] > 0, "no prompt was retired: the test would not test it"
 
 
 def test_resume_path_must_be_a_checkpoint(tmp_path):
