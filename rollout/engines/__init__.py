@@ -20,8 +20,10 @@ def register_engine(name: str):
 def make_engine(name: str, *args, **kwargs):
     if name == "hf":
         from rollout.engines import hf  # noqa: F401  (registers itself)
+    if name == "graph":
+        from rollout.engines import graph  # noqa: F401  (registers itself)
     if name == "vllm":
         from rollout.engines import vllm_engine  # noqa: F401  (optional dependency, imported inside)
     if name not in ENGINES:
-        raise KeyError(f"unknown rollout.engine {name!r}; registered: {sorted(set(ENGINES) | {'hf', 'vllm'})}")
+        raise KeyError(f"unknown rollout.engine {name!r}; registered: {sorted(set(ENGINES) | {'hf', 'graph', 'vllm'})}")
     return ENGINES[name](*args, **kwargs)
