@@ -21,8 +21,11 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1)):
-        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`)."""
+                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1),
+                 concurrency: int = 0, batched_tokens: int = 8192):
+        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`);
+        `concurrency` / `batched_tokens`: `parallel.rollout_concurrency` (sequences in flight per
+        engine, 0 = its share of a step) and `parallel.rollout_batched_tokens`."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
@@ -31,7 +34,7 @@ class RolloutManager:
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
-        engine_options = engine_options_from(cfg, *parallel)
+        engine_options = engine_options_from(cfg, *parallel, concurrency=concurrency, batched_tokens=batched_tokens)
         devices = parallel[0] * parallel[1]
         self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
         self.workers = [
@@ -108,16 +111,22 @@ class RolloutManager:
             ray.util.remove_placement_group(pg)
 
 
-def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> dict:
+def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1, *,
+                        concurrency: int = 0, batched_tokens: int = 8192) -> dict:
     """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
+    if cfg.engine in ("hf", "graph") and tensor_parallel * pipeline_parallel != 1:
+        raise ValueError(f"rollout.engine={cfg.engine} runs on one device per engine: set "
+                         "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
+                         "(model parallel engines need rollout.engine=vllm)")
     if cfg.engine == "hf":
-        if tensor_parallel * pipeline_parallel != 1:
-            raise ValueError("rollout.engine=hf runs on one device per engine: set "
-                             "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
-                             "(model parallel engines need rollout.engine=vllm)")
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
+    if cfg.engine == "graph":
+        share = -(-cfg.prompts_per_step * cfg.group_size // max(cfg.num_workers, 1))
+        return {"max_slots": concurrency or share, "prefill_tokens": batched_tokens,
+                "gpu_memory_fraction": cfg.gpu_memory_fraction, "cuda_graphs": cfg.cuda_graphs,
+                "record_routing": cfg.routing_replay}
     if cfg.routing_replay:
-        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf or graph (got {cfg.engine!r})")
     if cfg.engine == "vllm":
         return {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
                 **cfg.vllm}
