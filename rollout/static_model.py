@@ -39,6 +39,7 @@ from cispo.ops.fp32_matmul import bf16_parts, bf16_parts_needed, mm_3xtf32, mm_b
 from cispo.ops.lightning_decode import lightning_decode
 from cispo.ops.moe import combine, grouped_mm, has_grouped_mm, route_align, silu_mul
 from cispo.ops.rms_norm import add_rms_norm, gated_rms_norm
+from cispo.ops.rope_cache import rope_cache
 from rollout.fused_sampling import sample_step
 from rollout.sampler import process_logits
 
@@ -230,7 +231,8 @@ class StaticModel:
             self.layers.append(self._layer(i, dl, slopes))
         self.slope = torch.stack(slopes) if slopes else torch.zeros(0, device=self.device)  # [L_lin, H]
         self.decay = torch.exp(-self.slope)
-        self.grouped_mm_ok = has_grouped_mm(self.device)
+        self._rope_table: tuple | None = None
+        self.grouped_mm_ok = has_grouped_mm(self.device, self.dtype)  # else a masked fallback (tests)
 
     # -- reading the model -------------------------------------------------------------------
     def _layer(self, i: int, dl, slopes: list) -> Layer:
@@ -335,11 +337,20 @@ class StaticModel:
         return n
 
     # -- shared pieces -----------------------------------------------------------------------
+    def ensure_rope(self, positions: int) -> None:
+        """Tabulate cos / sin for positions [0, positions) (outside any graph: a decode step
+        then gathers two rows instead of recomputing them in eight element-wise kernels)."""
+        if self._rope_table is not None and self._rope_table[0].shape[0] >= positions:
+            return
+        pos = torch.arange(positions, device=self.device)
+        freqs = pos.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)  # as transformers' rotary embedding, entry for entry
+        self._rope_table = ((emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype))
+
     def _rope(self, pos: torch.Tensor):
         """cos, sin [n, 1, rotary width] in the model dtype, as transformers' rotary embedding."""
-        freqs = pos.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-        return (emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype)
+        cos, sin = self._rope_table
+        return cos[pos][:, None, :], sin[pos][:, None, :]
 
     def _qkv(self, L: Layer, h: torch.Tensor, pos: torch.Tensor):
         """Rotated q [n, H, D], k [n, KVH, D], v [n, KVH, D] of a softmax layer."""
@@ -410,11 +421,10 @@ class StaticModel:
                 o = lightning_decode(y[:, :split], pool.state, L.lin_index, rows, self.decay, codes,
                                      force=self.force)
                 return F.linear(gated_rms_norm(o, y[:, split:], L.o_norm, L.o_norm_eps, force=self.force), L.w_out)
-            q, k, v = self._qkv(L, h, pos)
-            pool.k_cache[L.kv_index][rows, pos] = k
-            pool.v_cache[L.kv_index][rows, pos] = v
-            o = decode_attention(q.contiguous(), pool.k_cache[L.kv_index], pool.v_cache[L.kv_index], rows, pos,
-                                 L.scale, force=self.force)
+            kc, vc = pool.k_cache[L.kv_index], pool.v_cache[L.kv_index]
+            q = rope_cache(F.linear(h, L.w_qkv, L.b_qkv), s.heads, s.kv_heads, *self._rope_table, pos, rows, kc, vc,
+                           L.q_norm, L.k_norm, force=self.force)
+            o = decode_attention(q, kc, vc, rows, pos, L.scale, force=self.force)
             return F.linear(o.view(nb, -1), L.w_o, L.b_o)
 
         def record(L: Layer, r):
@@ -439,11 +449,12 @@ class StaticModel:
         Returns each sequence's routing ([len, moe_layers, k] int16, CPU) when recording."""
         dev = self.device
         lens = [len(q) for q in seqs]
+        self.ensure_rope(max(lens))
         ids = torch.tensor([t for q in seqs for t in q], dtype=torch.long)
         pos = torch.cat([torch.arange(n) for n in lens])
         seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lens)])
-        cu = torch.tensor([0] + lens).cumsum(0)
-        ids, pos, seg, cu = (t.to(dev, non_blocking=True) for t in (ids, pos, seg, cu))
+        cu_cpu = torch.tensor([0] + lens).cumsum(0)
+        ids, pos, seg, cu = (t.to(dev, non_blocking=True) for t in (ids, pos, seg, cu_cpu))
         s = self.shapes
         routes: list[torch.Tensor] = []
 
@@ -452,7 +463,7 @@ class StaticModel:
                 y = F.linear(h, L.w_in)
                 split = 3 * s.lin_heads * s.lin_dim
                 qkv = F.silu(y[:, :split])
-                o, states = lightning_prefill(qkv, self.slope[L.lin_index], s.lin_heads, s.lin_dim, cu, lens)
+                o, states = lightning_prefill(qkv, self.slope[L.lin_index], s.lin_heads, s.lin_dim, cu, cu_cpu, lens)
                 write_state(L.lin_index, states)
                 return F.linear(gated_rms_norm(o, y[:, split:], L.o_norm, L.o_norm_eps, force=self.force), L.w_out)
             q, k, v = self._qkv(L, h, pos)
@@ -475,7 +486,7 @@ class StaticModel:
         return list(table.split(lens))
 
 
-def lightning_prefill(qkv, slope, H: int, D: int, cu, lens):
+def lightning_prefill(qkv, slope, H: int, D: int, cu, cu_cpu, lens):
     """Lightning attention over packed sequences: (o [N, H·D] in qkv's dtype, final FP32 states
     [n_seqs, H, D, D]). On CUDA fla's `chunk_simple_gla` (the learner's kernel) with cu_seqlens;
     on CPU a chunked form in float32, one sequence at a time."""
@@ -485,7 +496,7 @@ def lightning_prefill(qkv, slope, H: int, D: int, cu, lens):
 
         q, k, v = qkv.view(1, N, H, 3 * D).split(D, dim=-1)
         o, states = chunk_simple_gla(q, k, v, g_gamma=-slope, scale=1.0, cu_seqlens=cu.long(),
-                                     output_final_state=True)
+                                     cu_seqlens_cpu=cu_cpu, output_final_state=True)
         return o.reshape(N, H * D), states.float()
     x = qkv.view(N, H, 3 * D).float()
     outs, states, a = [], [], 0

@@ -151,7 +151,7 @@ def test_sleep_releases_and_wake_restores(tiny_model_path):
     same_samples(engine.generate(prompts, 2, params), first)
 
 
-def _tiny(kind: str, path) -> str:
+def tiny_transformers_model(kind: str, path) -> str:
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3MoeConfig
 
     from cispo.models.tokenizer import build_char_tokenizer
@@ -181,7 +181,7 @@ def _tiny(kind: str, path) -> str:
 
 def test_dense_and_moe_transformers_models(tmp_path):
     for kind in ("llama", "qwen2", "qwen3_moe"):
-        path = _tiny(kind, tmp_path / kind)
+        path = tiny_transformers_model(kind, tmp_path / kind)
         prompts = prompts_for(path)
         params = SamplingParams(max_new_tokens=10, temperature=0.9, seed=6)
         a = HFEngine(path).generate(prompts, 3, params)

@@ -18,7 +18,7 @@ def _run(*args, **env):
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("rms_norm", "lightning_decode", "decode_attention", "moe", "sampling"):
+    for name in ("rms_norm", "lightning_decode", "decode_attention", "rope_cache", "moe", "sampling"):
         assert f"{name} ok" in out.stdout, out.stdout
 
 

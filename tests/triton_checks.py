@@ -176,6 +176,47 @@ def check_moe():
     print("moe ok")
 
 
+def check_rope_cache():
+    from cispo.ops.rope_cache import rope_cache, rope_cache_ref
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for R, norm in ((16, False), (8, True)):  # full rotation; M1's partial RoPE with Qwen3's q/k norms
+            n, H, KVH, D, S, M = 5, 4, 2, 16, 6, 40
+            y = torch.randn(n, (H + 2 * KVH) * D, device=DEV).to(dtype)
+            pos = torch.tensor([0, 7, 39, 3, 12], device=DEV)
+            slot = torch.tensor([2, 0, 5, 6, 6], device=DEV)
+            inv = 1.0 / (1e4 ** (torch.arange(0, R, 2, device=DEV).float() / R))
+            fr = torch.arange(M, device=DEV).float()[:, None] * inv[None, :]
+            emb = torch.cat((fr, fr), -1)
+            cos_t, sin_t = emb.cos().to(dtype), emb.sin().to(dtype)
+            qn = (1 + 0.1 * torch.randn(D, device=DEV)).to(dtype), 1e-6
+            kn = (1 + 0.1 * torch.randn(D, device=DEV)).to(dtype), 1e-5
+            caches = [torch.full((S + 1, M, KVH, D), float("nan"), device=DEV).to(dtype) for _ in range(4)]
+            q = rope_cache(y, H, KVH, cos_t, sin_t, pos, slot, caches[0], caches[1], qn if norm else None,
+                           kn if norm else None, force=FORCE)
+            qr = rope_cache_ref(y, H, KVH, cos_t, sin_t, pos, slot, caches[2], caches[3], qn if norm else None,
+                                kn if norm else None)
+            # float64 formula from the same rounded tables
+            y64 = y.double()
+
+            def f64(x, w):
+                if norm:
+                    x = w[0].double() * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + w[1])
+                c, s_ = cos_t.double()[pos][:, None], sin_t.double()[pos][:, None]
+                x1, x2 = x[..., :R // 2], x[..., R // 2:R]
+                return torch.cat((x[..., :R] * c + torch.cat((-x2, x1), -1) * s_, x[..., R:]), -1)
+
+            q64 = f64(y64[:, :H * D].view(n, H, D), qn)
+            k64 = f64(y64[:, H * D:(H + KVH) * D].view(n, KVH, D), kn)
+            assert rel(q, q64) < 2 * bf16_tol(dtype) and rel(q, qr) < 2 * bf16_tol(dtype), (rel(q, q64), rel(q, qr))
+            for r in range(3):  # rows 3 and 4 both write the dummy slot 6
+                assert rel(caches[0][slot[r], pos[r]], k64[r]) < 2 * bf16_tol(dtype)
+                assert torch.equal(caches[1][slot[r], pos[r]], y[r, (H + KVH) * D:].view(KVH, D))
+            written = ~caches[2].isnan()
+            assert torch.equal(written, ~caches[0].isnan()) and torch.equal(written, ~caches[1].isnan())
+    print("rope_cache ok")
+
+
 class _Pool:
     def __init__(self, S, T, V):
         self.tok = torch.randint(0, V, (S + 1,), device=DEV)
@@ -231,5 +272,6 @@ if __name__ == "__main__":
     if DEV == "cpu":
         _interpreter_fixes()
     torch.manual_seed(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
-    for check in (check_rms_norm, check_lightning_decode, check_decode_attention, check_moe, check_sampling):
+    for check in (check_rms_norm, check_lightning_decode, check_decode_attention, check_rope_cache, check_moe,
+                  check_sampling):
         check()

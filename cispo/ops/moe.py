@@ -18,9 +18,8 @@ weights' dtype (Qwen3-MoE casts its weights to the model dtype), rounded once at
 `route_align` and `combine` have Triton kernels (one program does the whole routing and sort:
 at decode sizes, a few thousand pairs, that is one launch instead of a sort, a histogram and a
 cumulative sum) and torch paths (CPU, reference). `grouped_mm` is torch's grouped GEMM
-(`torch.nn.functional.grouped_mm`, or `torch._grouped_mm` before torch 2.10); where it is
-missing, `grouped_mm` falls back to one product per expert, which reads the offsets on the host
-(a sync: no CUDA graphs then, see `has_grouped_mm`).
+(`torch.nn.functional.grouped_mm`, or `torch._grouped_mm` before torch 2.10: bf16 on CUDA);
+elsewhere (float32 on CUDA) a masked product per expert that stays free of host syncs.
 """
 
 from __future__ import annotations
@@ -134,30 +133,31 @@ def route_align(logits, k: int, renorm: bool, weight_dtype=torch.float32, *, for
     return Routing(w, ids, src, inv, offs)
 
 
-def has_grouped_mm(device: torch.device | str) -> bool:
-    """torch's grouped GEMM runs on this device (CUDA: sm80+ with torch >= 2.9, else Hopper)."""
-    fn = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
-    if fn is None:
-        return False
+def has_grouped_mm(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """torch's grouped GEMM runs here: CUDA bf16 on sm80+ (torch >= 2.9; Hopper only before),
+    CPU with torch >= 2.10 (`torch.nn.functional.grouped_mm`)."""
     dev = torch.device(device)
     if dev.type == "cuda":
+        fn = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+        if fn is None or dtype != torch.bfloat16:
+            return False
         major, minor = torch.cuda.get_device_capability(dev)
         return (major, minor) >= (8, 0) if hasattr(F, "grouped_mm") else major == 9
-    return True
+    return hasattr(F, "grouped_mm")
 
 
 def grouped_mm(x, w, offs):
     """x [pairs, K] (expert-sorted rows) · w [E, K, N] → [pairs, N]: rows offs[e-1]..offs[e] use
-    w[e]. `w` may be a transposed view of transformers' [E, N, K] expert weights."""
-    fn = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
-    if fn is not None and has_grouped_mm(x.device):
+    w[e]. `w` may be a transposed view of transformers' [E, N, K] expert weights. Without torch's
+    grouped GEMM for this device and dtype, every expert multiplies every row and a mask keeps
+    its own (E times the arithmetic, still without host syncs; a fallback for tests and small E)."""
+    if has_grouped_mm(x.device, x.dtype):
+        fn = getattr(F, "grouped_mm", None) or torch._grouped_mm
         return fn(x, w, offs=offs)
-    out = x.new_empty((x.shape[0], w.shape[-1]))
-    start = 0
-    for e, end in enumerate(offs.tolist()):  # host sync: eager only
-        if end > start:
-            out[start:end] = x[start:end] @ w[e]
-        start = end
+    expert = torch.searchsorted(offs.long(), torch.arange(x.shape[0], device=x.device), right=True)
+    out = x.new_zeros((x.shape[0], w.shape[-1]))
+    for e in range(w.shape[0]):
+        out = torch.where((expert == e)[:, None], x @ w[e], out)
     return out
 
 

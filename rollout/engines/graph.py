@@ -194,10 +194,9 @@ class GraphEngine:
         if record_routing and not self.static.shapes.moe_layers:
             raise ValueError("routing replay: the model has no MoE layers")
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        if self.cuda_graphs and self.static.shapes.moe_layers and not self.static.grouped_mm_ok:
-            log.warning("torch grouped GEMM is not available on %s: MoE layers sync per step, CUDA graphs off",
-                        self.device)
-            self.cuda_graphs = False
+        if self.static.shapes.moe_layers and not self.static.grouped_mm_ok and self.device.type == "cuda":
+            log.warning("torch grouped GEMM does not run %s on %s: the experts use a masked product per "
+                        "expert (E times the arithmetic)", self.static.dtype, self.device)
         self.vocab_hash = vocab_hashes(self.static.shapes.vocab, self.device)
         self.pool: SlotPool | None = None
         self.prefix: PrefixPool | None = None
@@ -278,6 +277,7 @@ class GraphEngine:
                 log.warning("graph engine: memory budget holds %d of the %d slots asked for", fit, slots)
             slots = min(slots, fit)
         self.pool = _alloc_pool(self.static, slots, max_len, max_new, self.record_routing, self.device)
+        self.static.ensure_rope(max_len + 1)  # graphs read this table: allocated before any capture
         self._rows = torch.full((bucket(slots),), slots, dtype=torch.long, device=self.device)
         self._geometry = (max_len, max_new)
         if self.device.type == "cuda":
@@ -399,10 +399,18 @@ class GraphEngine:
 
     def _step(self, nb: int, sampling) -> None:
         rows = self._rows[:nb]
-        if not self.cuda_graphs:
-            self.static.decode(rows, self.pool, self.vocab_hash, sampling)
-            return
-        self._graph(nb, sampling).replay()
+        if self.cuda_graphs:
+            try:
+                graph = self._graph(nb, sampling)
+            except RuntimeError as e:  # a capture that fails must not lose the rollout: run eagerly
+                log.warning("graph engine: CUDA graph capture failed (%s); decoding eagerly from now on", e)
+                self.stats["capture_error"] = str(e)[:500]
+                self.cuda_graphs = False
+                torch.cuda.synchronize(self.device)
+            else:
+                graph.replay()
+                return
+        self.static.decode(rows, self.pool, self.vocab_hash, sampling)
 
     def _graph(self, nb: int, sampling):
         temperature, top_k, top_p = sampling
@@ -422,9 +430,11 @@ class GraphEngine:
                 self.static.decode(rows, self.pool, self.vocab_hash, sampling)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            self.static.decode(rows, self.pool, self.vocab_hash, sampling)
-        rows.copy_(saved)
+        try:
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                self.static.decode(rows, self.pool, self.vocab_hash, sampling)
+        finally:
+            rows.copy_(saved)
         self._graphs[key] = graph
         self.stats["captures"] += 1
         self.stats["capture_s"] += time.perf_counter() - t0
