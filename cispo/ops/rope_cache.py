@@ -69,8 +69,7 @@ def _rope_cache_kernel(y_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, k_ptr, v_ptr,
     p = tl.load(pos_ptr + r).to(tl.int64)
     is_q = h < H
     d = tl.arange(0, D)
-    half: tl.constexpr = R // 2
-    pidx = tl.where(d < half, d + half, tl.where(d < R, d - half, d))  # rotate_half's partner
+    pidx = tl.where(d < R // 2, d + R // 2, tl.where(d < R, d - R // 2, d))  # rotate_half's partner
     base = y_ptr + r * stride_y + h * D
     x = tl.load(base + d)
     dt = x.dtype
@@ -84,7 +83,7 @@ def _rope_cache_kernel(y_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, k_ptr, v_ptr,
         xp = (wp * (xp * inv).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     c = tl.load(cos_ptr + p * stride_t + d, mask=d < R, other=1.0).to(tl.float32)
     s = tl.load(sin_ptr + p * stride_t + d, mask=d < R, other=0.0).to(tl.float32)
-    rot = tl.where(d < half, -xp, xp)
+    rot = tl.where(d < R // 2, -xp, xp)
     out = ((xf * c).to(dt).to(tl.float32) + (rot * s).to(dt).to(tl.float32)).to(dt)
     out = tl.where(d < R, out, xf.to(dt))
     if is_q:
