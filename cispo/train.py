@@ -165,7 +165,8 @@ def build(cfg: DictConfig) -> Parts:
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
                              (cfg.parallel.rollout_tensor_parallel, cfg.parallel.rollout_pipeline_parallel),
-                             cfg.parallel.rollout_concurrency, cfg.parallel.rollout_batched_tokens)
+                             concurrency=cfg.parallel.rollout_concurrency,
+                             batched_tokens=cfg.parallel.rollout_batched_tokens)
     if cfg.rollout.async_generation and cfg.algorithm.old_logprobs != "rollout":
         # one step off-policy: π_old must be the policy that sampled (the engine's log-probs);
         # the learner's recomputation would be the current policy, one update newer
