@@ -124,7 +124,7 @@ def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: i
         share = -(-cfg.prompts_per_step * cfg.group_size // max(cfg.num_workers, 1))
         return {"max_slots": concurrency or share, "prefill_tokens": batched_tokens,
                 "gpu_memory_fraction": cfg.gpu_memory_fraction, "cuda_graphs": cfg.cuda_graphs,
-                "record_routing": cfg.routing_replay}
+                "record_routing": cfg.routing_replay, "max_new_tokens": cfg.max_new_tokens}
     if cfg.routing_replay:
         raise ValueError(f"rollout.routing_replay needs rollout.engine=hf or graph (got {cfg.engine!r})")
     if cfg.engine == "vllm":

@@ -207,5 +207,5 @@ def test_engine_options_from_config():
                                              routing_replay=True))
     opts = engine_options_from(cfg, batched_tokens=4096)
     assert opts == {"max_slots": 512, "prefill_tokens": 4096, "gpu_memory_fraction": 0.5, "cuda_graphs": True,
-                    "record_routing": True}
+                    "record_routing": True, "max_new_tokens": 4096}
     assert engine_options_from(cfg, concurrency=128)["max_slots"] == 128

@@ -164,13 +164,15 @@ class GraphEngine:
                  trust_remote_code: bool = False, model_options: dict | None = None, *,
                  max_slots: int = 256, prefill_tokens: int = 8192, gpu_memory_fraction: float = 0.5,
                  cuda_graphs: bool = True, record_routing: bool = False, stop_token_ids=(),
-                 kernels: str | None = None, max_prompts_per_batch: int = 0):
+                 kernels: str | None = None, max_new_tokens: int = 0, max_prompts_per_batch: int = 0):
         """`max_slots`: sequences in flight at most (the pool may get fewer if the memory budget
         is smaller); `prefill_tokens`: tokens per packed prefill forward; `gpu_memory_fraction`:
         the engine's whole share of the device (weights, pool, activations); `cuda_graphs`:
         capture decode steps (CUDA only); `kernels`: None (Triton on CUDA, torch on CPU),
-        "torch" or "triton". `max_prompts_per_batch` is accepted for the `hf` engine's settings
-        and not needed here (continuous batching bounds the batch by the slots)."""
+        "torch" or "triton"; `max_new_tokens`: the window the pool is sized for at least (the
+        run's `rollout.max_new_tokens`: a shorter warm-up call then does not size it too small).
+        `max_prompts_per_batch` is accepted for the `hf` engine's settings and not needed here
+        (continuous batching bounds the batch by the slots)."""
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if self.device.index is None:
@@ -185,6 +187,7 @@ class GraphEngine:
         if len(self.stop_ids) > MAX_STOP_IDS:
             raise ValueError(f"at most {MAX_STOP_IDS} stop tokens, got {len(self.stop_ids)}")
         self.max_slots, self.prefill_tokens = int(max_slots), int(prefill_tokens)
+        self.min_window = int(max_new_tokens)
         if self.max_slots < 1 or self.prefill_tokens < 1:
             raise ValueError("max_slots and prefill_tokens must be >= 1")
         if not 0 < gpu_memory_fraction <= 1:
@@ -320,7 +323,8 @@ class GraphEngine:
         if params.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         G, T = group_size, params.max_new_tokens
-        self._ensure_pool(max(len(p) for p in prompts) + T, T)
+        window = max(T, self.min_window)
+        self._ensure_pool(max(len(p) for p in prompts) + window, window)
         pool, dev = self.pool, self.device
         self._set_params(params)
         n = len(prompts) * G
