@@ -205,6 +205,7 @@ class GraphEngine:
         self.prefix: PrefixPool | None = None
         self._geometry: tuple | None = None  # (max_len, max_new) of the pool, kept across sleep
         self._graphs: dict = {}
+        self._warm: set = set()  # graph keys whose kernels ran once in this process
         self._graph_pool = None
         self._rows: torch.Tensor | None = None
         self._asleep = False
@@ -427,12 +428,14 @@ class GraphEngine:
         rows = self._rows[:nb]
         saved = rows.clone()
         rows.fill_(self.pool.slots)  # warm-up and capture touch only the (idle) dummy slot
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # compiles the Triton kernels, creates cuBLAS handles, outside capture
-                self.static.decode(rows, self.pool, self.vocab_hash, sampling)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        if key not in self._warm:  # once per process: captures after a wake() skip it
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compiles the Triton kernels, creates cuBLAS handles, outside capture
+                    self.static.decode(rows, self.pool, self.vocab_hash, sampling)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warm.add(key)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self._graph_pool):
