@@ -183,7 +183,7 @@ def bench_gen(args) -> None:
         if "graph" in engines:
             ge = engines["graph"]
             before = dict(ge.stats)
-            t, s, first = _time(lambda prompts=prompts: ge.generate(prompts, G, params))
+            t, s, first = _time(lambda prompts=prompts, ge=ge: ge.generate(prompts, G, params))
             n = sum(len(x.response_ids) for x in s)
             row["tok_s"]["graph"], row["seconds"]["graph"], row["first_call_s"]["graph"] = n / t, t, first
             steps = ge.stats["steps"] - before["steps"]
@@ -206,7 +206,7 @@ def bench_gen(args) -> None:
             ids = torch.tensor([p for p in prompts for _ in range(G)], device=args.device)
             gen = GenerationConfig(do_sample=True, max_new_tokens=T, pad_token_id=hf.pad_id,
                                    eos_token_id=hf.eos_id, temperature=1.0, top_p=1.0, top_k=None)
-            t, out, first = _time(lambda ids=ids, gen=gen: hf.model.generate(
+            t, out, first = _time(lambda ids=ids, gen=gen, hf=hf: hf.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen))
             is_eos = out[:, Lp:] == hf.eos_id  # tokens up to and including EOS (then padding)
             n = int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, out.shape[1] - Lp).sum())
@@ -388,14 +388,13 @@ def bench_micro(args) -> None:
             for wname, w in (("fp32_values", w_rand), ("bf16_values", w_b16)):
                 ref = h.double() @ w.double().t()
                 variants = {}
-                with no_tf32():
-                    variants["ieee"] = lambda w=w: h.float() @ w.t()
-                variants["3xtf32"] = lambda w=w: mm_3xtf32(h.float(), w.t())
+                variants["ieee"] = lambda w=w, h=h: h.float() @ w.t()  # timed under no_tf32 below
+                variants["3xtf32"] = lambda w=w, h=h: mm_3xtf32(h.float(), w.t())
                 for parts in (1, 3):
                     p = bf16_parts(w, parts)
-                    variants[f"bf16x{parts}"] = lambda p=p, parts=parts: mm_bf16_parts(h, p, parts)
+                    variants[f"bf16x{parts}"] = lambda p=p, parts=parts, h=h: mm_bf16_parts(h, p, parts)
                 wb = w.to(torch.bfloat16)
-                variants["bf16_native"] = lambda wb=wb: (h @ wb.t()).float()
+                variants["bf16_native"] = lambda wb=wb, h=h: (h @ wb.t()).float()
                 for name, fn in variants.items():
                     if name == "ieee":
                         with no_tf32():
@@ -413,7 +412,8 @@ def bench_micro(args) -> None:
         slot = torch.arange(B, device="cuda")
         codes = torch.full((B + 1,), -1, device="cuda")
         decay = torch.rand(L, H, device="cuda")
-        ms = timed(lambda: lightning_decode(qkv[:, :3 * H * D], state, 3, slot, decay, codes))
+        ms = timed(lambda qkv=qkv, state=state, slot=slot, decay=decay, codes=codes, H=H, D=D:
+                   lightning_decode(qkv[:, :3 * H * D], state, 3, slot, decay, codes))
         nbytes = 2 * B * H * D * D * 4
         out["lightning"].append({"batch": B, "ms": ms, "state_bytes_rw": nbytes, "bytes_s": nbytes / (ms / 1e3)})
     print(f"{out['device']}: copy {out['copy_bytes_s'] / 1e12:.2f} TB/s, grouped_mm bf16 {out['grouped_mm_bf16']}, "

@@ -9,12 +9,12 @@ import json
 
 import pytest
 import torch
+from test_engine_graph import prompts_for, tiny_transformers_model
 
 from cispo.models.build import load_model, load_tokenizer
 from cispo.models.fp32_head import enable_token_scoring
 from rollout.engines.graph import GraphEngine
 from rollout.types import SamplingParams
-from test_engine_graph import prompts_for, tiny_transformers_model
 
 pytestmark = pytest.mark.gpu
 
@@ -138,8 +138,6 @@ def test_sleep_releases_memory_and_wake_recaptures(tiny_model_path):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3_moe"])
 def test_transformers_models_on_gpu(kind, tmp_path):
-    from tests.test_engine_graph import _tiny
-
     path = tiny_transformers_model(kind, tmp_path / kind)
     params = SamplingParams(max_new_tokens=16, seed=6)
     samples = GraphEngine(path, "bfloat16", "cuda", max_slots=16).generate(prompts_for(path), 3, params)

@@ -13,6 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+
 def _interpreter_fixes() -> None:
     """Two gaps of triton 3.6's CPU interpreter (it runs kernels through numpy; the compiled
     kernels take neither path):
@@ -64,7 +65,12 @@ def bf16_tol(dtype) -> float:
 
 
 def check_rms_norm():
-    from cispo.ops.rms_norm import add_rms_norm, add_rms_norm_ref, gated_rms_norm, gated_rms_norm_ref
+    from cispo.ops.rms_norm import (
+        add_rms_norm,
+        add_rms_norm_ref,
+        gated_rms_norm,
+        gated_rms_norm_ref,
+    )
 
     for dtype in (torch.float32, torch.bfloat16):
         for alpha, beta in ((1.0, 1.0), (3.5, 0.7)):
@@ -146,7 +152,14 @@ def check_decode_attention():
 
 
 def check_moe():
-    from cispo.ops.moe import combine, combine_ref, route_align, route_align_ref, silu_mul, silu_mul_ref
+    from cispo.ops.moe import (
+        combine,
+        combine_ref,
+        route_align,
+        route_align_ref,
+        silu_mul,
+        silu_mul_ref,
+    )
 
     for E, k, renorm, wdt in ((8, 2, True, torch.float32), (6, 3, False, torch.bfloat16)):
         n = 37
@@ -199,7 +212,7 @@ def check_rope_cache():
             # float64 formula from the same rounded tables
             y64 = y.double()
 
-            def f64(x, w):
+            def f64(x, w, norm=norm, cos_t=cos_t, sin_t=sin_t, pos=pos, R=R):
                 if norm:
                     x = w[0].double() * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + w[1])
                 c, s_ = cos_t.double()[pos][:, None], sin_t.double()[pos][:, None]

@@ -476,7 +476,7 @@ class GraphEngine:
     def _admit(self, call, free: list, live: set, slot_sample, entries_free: list) -> list:
         """Place waiting samples in free slots: prefill the prompts they need (packed, into the
         prefix pool), then copy each prefix into its samples' slots. Returns the free entries."""
-        pool, dev, G = self.pool, self.device, call.G
+        G = call.G
         while free and call.queue:
             take = [call.queue.popleft() for _ in range(min(len(free), len(call.queue)))]
             need = list(dict.fromkeys(i // G for i in take if i // G not in call.entry))
@@ -504,7 +504,7 @@ class GraphEngine:
 
     def _prefill(self, call, prompts_idx: list[int]) -> None:
         """Prefill the prompts (all but their last token) in packed batches of prefill_tokens."""
-        pref, dev = self.prefix, self.device
+        pref = self.prefix
         todo = []
         for p in prompts_idx:
             if len(call.prompts[p]) == 1:  # nothing before the first decode token: a zero state
