@@ -15,22 +15,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(*args, **env):
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_checks.py"), *args],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **env},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("rms_norm", "lightning_decode", "decode_attention", "rope_cache", "moe", "sampling"):
+    names = ["rms_norm", "lightning_decode", "decode_attention", "rope_cache", "moe", "sampling"]
+    for name in names + (["engine"] if "engine" in args else []):
         assert f"{name} ok" in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("seed", ["0", "1"])
-def test_kernels_under_the_triton_interpreter(seed):
+@pytest.mark.parametrize("seed, engine", [("0", "engine"), ("1", "")])
+def test_kernels_under_the_triton_interpreter(seed, engine):
+    """Seed 0 also runs the whole engine on the Triton kernels (eagerly) against its torch path."""
     pytest.importorskip("triton")
-    _run("cpu", seed, TRITON_INTERPRET="1")
+    _run("cpu", seed, engine, TRITON_INTERPRET="1")
 
 
 @pytest.mark.gpu
 def test_kernels_on_the_gpu():
-    _run("cuda", "0")
+    _run("cuda", "0", "engine")
 
 
 def _compile(kernel, args: dict, **constexprs):

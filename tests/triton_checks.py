@@ -281,6 +281,37 @@ def check_sampling():
     print("sampling ok")
 
 
+def check_engine():
+    """The whole graph engine with the Triton kernels (the GPU's code path, run eagerly; under
+    the interpreter on CPU) against the same engine with the torch paths: same samples, same
+    routing records (M1's FP32 head, partial RoPE, top-k / top-p, repetition stop, MoE)."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from cispo.config import ModelConfig
+    from cispo.models.build import prepare
+    from rollout.engines.graph import GraphEngine
+    from rollout.types import SamplingParams
+    from test_engine_graph import prompts_for, same_samples
+
+    path = prepare(OmegaConf.structured(ModelConfig), tempfile.mkdtemp() + "/model")
+    prompts = prompts_for(path)[1:4]
+    params = SamplingParams(max_new_tokens=7, top_k=12, top_p=0.95, seed=2, repetition_window=4,
+                            repetition_threshold=0.2)
+    opts = {"fp32_head": True, "rotary_dim": 8}
+    runs = [GraphEngine(path, "float32", DEV, model_options=opts, max_slots=4, kernels=k,
+                        record_routing=True, cuda_graphs=False).generate(prompts, 3, params)
+            for k in ("torch", "triton")]
+    same_samples(*runs, atol=1e-5 if DEV == "cpu" else 1e-4)
+    pad = 0  # the pad token embeds to zeros: its router logits tie, and ties may break either way
+    for a, b in zip(*runs, strict=True):
+        fed = torch.tensor(a.prompt_ids + a.response_ids[:-1])
+        keep = fed != pad
+        assert torch.equal(a.routing[keep], b.routing[keep])
+    print("engine ok")
+
+
 if __name__ == "__main__":
     if DEV == "cpu":
         _interpreter_fixes()
@@ -288,3 +319,5 @@ if __name__ == "__main__":
     for check in (check_rms_norm, check_lightning_decode, check_decode_attention, check_rope_cache, check_moe,
                   check_sampling):
         check()
+    if len(sys.argv) > 3 and sys.argv[3] == "engine":
+        check_engine()
