@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import ray
+from omegaconf import OmegaConf
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from cispo.config import ParallelConfig
 from cispo.models.process import actor_env
 from rollout.types import Sample, SamplingParams
 from rollout.worker import GenerationWorker
@@ -21,11 +23,9 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1),
-                 concurrency: int = 0, batched_tokens: int = 8192):
-        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`);
-        `concurrency` / `batched_tokens`: `parallel.rollout_concurrency` (sequences in flight per
-        engine, 0 = its share of a step) and `parallel.rollout_batched_tokens`."""
+                 model_options: dict | None = None, parallel: Any = None):
+        """`cfg`: the `rollout` config group; `parallel`: the `parallel` group (each engine's
+        tensor x pipeline parallel size, its concurrency; None: all defaults)."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
@@ -34,8 +34,9 @@ class RolloutManager:
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
-        engine_options = engine_options_from(cfg, *parallel, concurrency=concurrency, batched_tokens=batched_tokens)
-        devices = parallel[0] * parallel[1]
+        parallel = parallel if parallel is not None else OmegaConf.structured(ParallelConfig)
+        engine_options = engine_options_from(cfg, parallel)
+        devices = parallel.rollout_tensor_parallel * parallel.rollout_pipeline_parallel
         self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
         self.workers = [
             GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, devices)).remote(
@@ -111,9 +112,10 @@ class RolloutManager:
             ray.util.remove_placement_group(pg)
 
 
-def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1, *,
-                        concurrency: int = 0, batched_tokens: int = 8192) -> dict:
-    """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
+def engine_options_from(cfg: Any, parallel: Any) -> dict:
+    """The engine's own settings from `rollout.*` and the engine keys of `parallel.*` (what each
+    engine accepts differs)."""
+    tensor_parallel, pipeline_parallel = parallel.rollout_tensor_parallel, parallel.rollout_pipeline_parallel
     if cfg.engine in ("hf", "graph") and tensor_parallel * pipeline_parallel != 1:
         raise ValueError(f"rollout.engine={cfg.engine} runs on one device per engine: set "
                          "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
@@ -122,14 +124,18 @@ def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: i
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
     if cfg.engine == "graph":
         share = -(-cfg.prompts_per_step * cfg.group_size // max(cfg.num_workers, 1))
-        return {"max_slots": concurrency or share, "prefill_tokens": batched_tokens,
+        return {"max_slots": parallel.rollout_concurrency or share,
+                "prefill_tokens": parallel.rollout_batched_tokens,
                 "gpu_memory_fraction": cfg.gpu_memory_fraction, "cuda_graphs": cfg.cuda_graphs,
                 "record_routing": cfg.routing_replay, "max_new_tokens": cfg.max_new_tokens}
     if cfg.routing_replay:
         raise ValueError(f"rollout.routing_replay needs rollout.engine=hf or graph (got {cfg.engine!r})")
     if cfg.engine == "vllm":
-        return {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
-                **cfg.vllm}
+        opts = {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
+                "max_num_batched_tokens": parallel.rollout_batched_tokens}
+        if parallel.rollout_concurrency:
+            opts["max_num_seqs"] = parallel.rollout_concurrency
+        return {**opts, **cfg.vllm}
     return {}
 
 

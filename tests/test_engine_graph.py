@@ -200,12 +200,12 @@ def test_dense_and_moe_transformers_models(tmp_path):
 def test_engine_options_from_config():
     from omegaconf import OmegaConf
 
-    from cispo.config import RolloutConfig
+    from cispo.config import ParallelConfig, RolloutConfig
     from rollout.manager import engine_options_from
 
     cfg = OmegaConf.structured(RolloutConfig(engine="graph", num_workers=2, prompts_per_step=64, group_size=16,
                                              routing_replay=True))
-    opts = engine_options_from(cfg, batched_tokens=4096)
+    opts = engine_options_from(cfg, OmegaConf.structured(ParallelConfig(rollout_batched_tokens=4096)))
     assert opts == {"max_slots": 512, "prefill_tokens": 4096, "gpu_memory_fraction": 0.5, "cuda_graphs": True,
                     "record_routing": True, "max_new_tokens": 4096}
-    assert engine_options_from(cfg, concurrency=128)["max_slots"] == 128
+    assert engine_options_from(cfg, OmegaConf.structured(ParallelConfig(rollout_concurrency=128)))["max_slots"] == 128
