@@ -24,8 +24,8 @@ step env 8 $PY -c "import torch, torch.nn.functional as F, triton, transformers,
 step gen307 52 $PY bench/rollout.py gen --batch 64 256 1024 --engines graph generate --baseline-batch 256 \
   --profile 256 --agreement 64 --out "$OUT"
 # 2. correctness on the GPU: Triton kernels vs float64, engine vs eager / CPU / learner, weights, sleep
-step tests 40 $PY -m pytest -q -s -p no:cacheprovider tests/test_ops_decode_kernels.py::test_kernels_on_the_gpu \
-  tests/test_engine_graph_gpu.py
+step tests 40 $PY -m pytest -q -s -p no:cacheprovider tests/test_engine_graph_gpu.py \
+  tests/test_ops_decode_kernels.py::test_kernels_on_the_gpu
 # 3. FP32 head variants (agreement, time), lightning kernel bandwidth, grouped GEMM / mm(out_dtype)
 step micro 11 $PY bench/rollout.py micro --out "$OUT"
 # 4. the ~2B hybrid shape (graph engine only here)
