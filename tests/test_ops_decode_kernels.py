@@ -98,11 +98,13 @@ def test_kernels_compile_for_hopper():
                                                stride_y=1024, stride_out=1024), K=2, BLOCK=1024,
                      ROUND_PROD=wdt != f32)
             for E, K in ((8, 2), (128, 8)):
-                _compile(moe._route_align_kernel,
-                         dict(logits_ptr=dt, n=256, stride_l=E, w_ptr=wdt, ids_ptr=i64, src_ptr=i64, inv_ptr=i64,
-                              offs_ptr=i32),
-                         E=E, K=K, BLOCK_E=E, BLOCK_K=K, BLOCK_T=max(16, min(64, 4096 // E)), BLOCK_P=64,
-                         RENORM=True)
+                _compile(moe._route_kernel,
+                         dict(logits_ptr=dt, n=256, stride_l=E, w_ptr=wdt, ids_ptr=i64, counts_ptr=i32),
+                         E=E, K=K, BLOCK_E=E, BLOCK_K=K, BLOCK_T=64 // K, RENORM=True)
+        for E, K in ((8, 2), (128, 8)):
+            _compile(moe._place_kernel, dict(ids_ptr=i64, counts_ptr=i32, src_ptr=i64, inv_ptr=i64, offs_ptr=i32,
+                                             n=256, n_blocks=8),
+                     E=E, K=K, BLOCK_E=E, BLOCK_T=64 // K, BLOCK_B=min(256, 4096 // E), BLOCK_P=64)
         for apply in (True, False):
             _compile(fs._sample_step_kernel,
                      dict(logits_ptr=f32 if dt == f32 else bf, rows_ptr=i64, vocab=32000, stride_l=32000,

@@ -15,9 +15,10 @@ combine: the data-dependent routing stays on the device. Rounding follows transf
 the k experts in float32 (MiniMax's float32 routing weights), or of products rounded to the
 weights' dtype (Qwen3-MoE casts its weights to the model dtype), rounded once at the end.
 
-`route_align` and `combine` have Triton kernels (one program does the whole routing and sort:
-at decode sizes, a few thousand pairs, that is one launch instead of a sort, a histogram and a
-cumulative sum) and torch paths (CPU, reference). `grouped_mm` is torch's grouped GEMM
+`route_align` and `combine` have Triton kernels (two launches over blocks of tokens do the
+routing and the sort: a block's per-expert counts, then each pair's place from the counts of the
+blocks before it; instead of a sort, a histogram and a cumulative sum) and torch paths (CPU,
+reference). `grouped_mm` is torch's grouped GEMM
 (`torch.nn.functional.grouped_mm`, or `torch._grouped_mm` before torch 2.10: bf16 on CUDA);
 elsewhere (float32 on CUDA) a masked product per expert that stays free of host syncs.
 """
@@ -62,58 +63,76 @@ def route_align_ref(logits, k: int, renorm: bool, weight_dtype) -> Routing:
 
 
 @triton_jit(do_not_specialize=["n"])
-def _route_align_kernel(logits_ptr, n, stride_l, w_ptr, ids_ptr, src_ptr, inv_ptr, offs_ptr,
-                        E: tl.constexpr, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-                        BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, RENORM: tl.constexpr):
+def _route_kernel(logits_ptr, n, stride_l, w_ptr, ids_ptr, counts_ptr,
+                  E: tl.constexpr, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+                  BLOCK_T: tl.constexpr, RENORM: tl.constexpr):
+    """One block of BLOCK_T tokens: softmax, top-k (first index on ties), weights, and how many
+    of the block's pairs go to each expert (counts[block, e])."""
+    b = tl.program_id(0)
     ei = tl.arange(0, BLOCK_E)
     emask = ei < E
-    counts = tl.zeros((BLOCK_E,), tl.int32)
     ki = tl.arange(0, BLOCK_K)
-    # 1. softmax, top-k (first index on ties), weights; per-expert counts
-    for t0 in range(0, n, BLOCK_T):
-        ti = t0 + tl.arange(0, BLOCK_T)
-        tmask = ti < n
-        x = tl.load(logits_ptr + ti[:, None] * stride_l + ei[None, :],
-                    mask=tmask[:, None] & emask[None, :], other=float("-inf")).to(tl.float32)
-        mx = tl.max(x, axis=1)
-        p = tl.exp(x - mx[:, None])
-        p = p / tl.sum(p, axis=1)[:, None]
-        p = tl.where(emask[None, :], p, -1.0)
-        vals = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
-        for j in tl.static_range(K):
-            best = tl.max(p, axis=1)
-            idx = tl.min(tl.where(p == best[:, None], ei[None, :], BLOCK_E), axis=1)
-            idx = tl.minimum(idx, E - 1)  # NaN rows (never real ones) still name a valid expert
-            tl.store(ids_ptr + ti * K + j, idx, mask=tmask)
-            vals = tl.where(ki[None, :] == j, best[:, None], vals)
-            hit = ei[None, :] == idx[:, None]
-            p = tl.where(hit, -1.0, p)
-            counts += tl.sum(tl.where(hit & tmask[:, None], 1, 0), axis=0)
-        if RENORM:
-            vals = vals / tl.sum(vals, axis=1)[:, None]
-        tl.store(w_ptr + ti[:, None] * K + ki[None, :], vals.to(w_ptr.dtype.element_ty),
-                 mask=tmask[:, None] & (ki[None, :] < K))
-    incl = tl.cumsum(counts, axis=0)
-    tl.store(offs_ptr + ei, incl, mask=emask)
-    running = incl - counts
-    tl.debug_barrier()  # the ids stored above are read back below by other threads
-    # 2. each pair's place in expert order (stable: earlier pairs first)
-    pi_local = tl.arange(0, BLOCK_P)
-    for p0 in range(0, n * K, BLOCK_P):
-        pi = p0 + pi_local
-        pm = pi < n * K
-        e = tl.load(ids_ptr + pi, mask=pm, other=BLOCK_E)
-        onehot = e[:, None] == ei[None, :]
-        base = tl.sum(tl.where(onehot, running[None, :], 0), axis=1)
-        same = (e[:, None] == e[None, :]) & (pi_local[None, :] < pi_local[:, None])
-        pos = base + tl.sum(tl.where(same, 1, 0), axis=1)
-        tl.store(inv_ptr + pi, pos, mask=pm)
-        tl.store(src_ptr + pos, pi // K, mask=pm)
-        running += tl.sum(tl.where(onehot & pm[:, None], 1, 0), axis=0)
+    ti = b * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = ti < n
+    x = tl.load(logits_ptr + ti[:, None] * stride_l + ei[None, :],
+                mask=tmask[:, None] & emask[None, :], other=float("-inf")).to(tl.float32)
+    mx = tl.max(x, axis=1)
+    p = tl.exp(x - mx[:, None])
+    p = p / tl.sum(p, axis=1)[:, None]
+    p = tl.where(emask[None, :], p, -1.0)
+    vals = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+    counts = tl.zeros((BLOCK_E,), tl.int32)
+    for j in tl.static_range(K):
+        best = tl.max(p, axis=1)
+        idx = tl.min(tl.where(p == best[:, None], ei[None, :], BLOCK_E), axis=1)
+        idx = tl.minimum(idx, E - 1)  # NaN rows (never real ones) still name a valid expert
+        tl.store(ids_ptr + ti * K + j, idx, mask=tmask)
+        vals = tl.where(ki[None, :] == j, best[:, None], vals)
+        hit = ei[None, :] == idx[:, None]
+        p = tl.where(hit, -1.0, p)
+        counts += tl.sum(tl.where(hit & tmask[:, None], 1, 0), axis=0)
+    if RENORM:
+        vals = vals / tl.sum(vals, axis=1)[:, None]
+    tl.store(w_ptr + ti[:, None] * K + ki[None, :], vals.to(w_ptr.dtype.element_ty),
+             mask=tmask[:, None] & (ki[None, :] < K))
+    tl.store(counts_ptr + b * BLOCK_E + ei, counts)
+
+
+@triton_jit(do_not_specialize=["n", "n_blocks"])
+def _place_kernel(ids_ptr, counts_ptr, src_ptr, inv_ptr, offs_ptr, n, n_blocks,
+                  E: tl.constexpr, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The same block's pairs: each one's place in expert order (stable: earlier pairs first).
+    A block's first pair of expert e goes after every pair of the experts before e and after
+    the pairs of e in earlier blocks; the counts table says how many those are."""
+    b = tl.program_id(0)
+    ei = tl.arange(0, BLOCK_E)
+    total = tl.zeros((BLOCK_E,), tl.int32)
+    before = tl.zeros((BLOCK_E,), tl.int32)
+    for c0 in range(0, n_blocks, BLOCK_B):
+        bi = c0 + tl.arange(0, BLOCK_B)
+        t = tl.load(counts_ptr + bi[:, None] * BLOCK_E + ei[None, :], mask=(bi < n_blocks)[:, None], other=0)
+        total += tl.sum(t, axis=0)
+        before += tl.sum(tl.where((bi < b)[:, None], t, 0), axis=0)
+    incl = tl.cumsum(total, axis=0)
+    if b == 0:
+        tl.store(offs_ptr + ei, incl, mask=ei < E)
+    base = incl - total + before
+    local = tl.arange(0, BLOCK_P)  # BLOCK_P: BLOCK_T·K rounded up to a power of two
+    pi = b * (BLOCK_T * K) + local
+    pm = (local < BLOCK_T * K) & (pi < n * K)
+    e = tl.load(ids_ptr + pi, mask=pm, other=BLOCK_E)
+    mine = tl.sum(tl.where(e[:, None] == ei[None, :], base[None, :], 0), axis=1)
+    same = (e[:, None] == e[None, :]) & (local[None, :] < local[:, None])
+    pos = mine + tl.sum(tl.where(same, 1, 0), axis=1)
+    tl.store(inv_ptr + pi, pos, mask=pm)
+    tl.store(src_ptr + pos, pi // K, mask=pm)
 
 
 def route_align(logits, k: int, renorm: bool, weight_dtype=torch.float32, *, force: str | None = None) -> Routing:
-    """Routing of n tokens (router logits [n, E]) to their top-k experts, sorted by expert."""
+    """Routing of n tokens (router logits [n, E]) to their top-k experts, sorted by expert. Two
+    launches over blocks of tokens (routing and per-block counts; then every pair's place),
+    so the work spreads over the GPU instead of one program walking all tokens."""
     if not use_triton(logits, force):
         return route_align_ref(logits, k, renorm, weight_dtype)
     n, E = logits.shape
@@ -126,10 +145,14 @@ def route_align(logits, k: int, renorm: bool, weight_dtype=torch.float32, *, for
     inv = torch.empty(n * k, dtype=torch.int64, device=dev)
     offs = torch.empty(E, dtype=torch.int32, device=dev)
     block_e = triton.next_power_of_2(E)
-    _route_align_kernel[(1,)](logits, n, logits.stride(0), w, ids, src, inv, offs, E=E, K=k,
-                              BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k),
-                              BLOCK_T=max(16, min(64, 4096 // block_e)), BLOCK_P=64, RENORM=renorm,
-                              num_warps=4)
+    block_t = max(1, 64 // triton.next_power_of_2(k))  # 64 pairs a block
+    n_blocks = triton.cdiv(n, block_t)
+    counts = torch.empty((n_blocks, block_e), dtype=torch.int32, device=dev)
+    _route_kernel[(n_blocks,)](logits, n, logits.stride(0), w, ids, counts, E=E, K=k, BLOCK_E=block_e,
+                               BLOCK_K=triton.next_power_of_2(k), BLOCK_T=block_t, RENORM=renorm, num_warps=2)
+    _place_kernel[(n_blocks,)](ids, counts, src, inv, offs, n, n_blocks, E=E, K=k, BLOCK_E=block_e,
+                               BLOCK_T=block_t, BLOCK_B=max(1, min(256, 4096 // block_e)),
+                               BLOCK_P=triton.next_power_of_2(block_t * k), num_warps=2)
     return Routing(w, ids, src, inv, offs)
 
 
