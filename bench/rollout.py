@@ -139,115 +139,72 @@ def copy_bandwidth() -> float:
 
 
 def bench_gen(args) -> None:
-    from transformers import GenerationConfig
-
+    """Graph engine rows first (then its profile and agreement), the slower baselines after, so
+    a run cut short still has the graph numbers; the JSON is rewritten after every stage."""
     from rollout.types import SamplingParams
 
     cuda = args.device == "cuda"
     dev = torch.cuda.get_device_name() if cuda else "cpu"
     shape = f"h{args.hidden}_l{args.layers}_e{args.experts}"
+    out = args.out / f"rollout_gen_{shape}.json"
     path = build_model(Path(f"/tmp/rollout_bench_model_{shape}"), args.hidden, args.layers, args.vocab, args.experts,
                        args.device)
     dtype = "bfloat16" if cuda else "float32"
     G, T, Lp = args.group, args.new, args.prompt_len
     g = torch.Generator().manual_seed(0)
     params = SamplingParams(max_new_tokens=T, seed=1, repetition_window=0)
-    warm = [torch.randint(40, args.vocab, (Lp,), generator=g).tolist()]
+    prompts_of = {B: [torch.randint(40, args.vocab, (Lp,), generator=g).tolist() for _ in range(B // G)]
+                  for B in args.batch}
     hbm, copy_bw = _hbm(dev), (copy_bandwidth() if cuda else float("nan"))
-    engines = {}
+    result = {"device": dev, "hidden": args.hidden, "layers": args.layers, "experts": args.experts,
+              "vocab": args.vocab, "group": G, "prompt_len": Lp, "new_tokens": T, "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__, "hbm_vendor_bytes_s": hbm,
+              "copy_bytes_s": copy_bw, "rows": []}
+    rows = {B: {"batch": B, "prompts": B // G, "tok_s": {}, "seconds": {}, "first_call_s": {}} for B in args.batch}
+    model = None
     if "graph" in args.engines:
         from rollout.engines.graph import GraphEngine
 
         t0 = time.perf_counter()
-        engines["graph"] = GraphEngine(path, dtype, args.device, model_options={"fp32_head": True},
-                                       max_slots=max(args.batch), prefill_tokens=args.prefill_tokens,
-                                       cuda_graphs=not args.eager)
+        ge = GraphEngine(path, dtype, args.device, model_options={"fp32_head": True}, max_slots=max(args.batch),
+                         prefill_tokens=args.prefill_tokens, cuda_graphs=not args.eager)
         load_s = time.perf_counter() - t0
-    if {"hf", "hf_noshare", "generate"} & set(args.engines):
-        from rollout.engines.hf import HFEngine
-
-        engines["hf"] = HFEngine(path, dtype=dtype, device=args.device)
-        hf = engines["hf"]
-        if {"hf", "hf_noshare"} & set(args.engines):
-            hf.generate(warm, 4, SamplingParams(max_new_tokens=8, seed=0, repetition_window=0))
-        hf.model.generate(input_ids=torch.tensor(warm * 4, device=args.device), max_new_tokens=8, do_sample=True,
-                          pad_token_id=hf.pad_id)
-    model = (engines.get("hf") or engines["graph"]).model
-    n_params = sum(p.numel() for p in model.parameters())
-    rows = []
-    for B in args.batch:
-        prompts = [torch.randint(40, args.vocab, (Lp,), generator=g).tolist() for _ in range(B // G)]
-        row = {"batch": B, "prompts": B // G, "group": G, "prompt_len": Lp, "new_tokens": T,
-               "tok_s": {}, "seconds": {}, "first_call_s": {}}
-        base = not args.baseline_batch or B in args.baseline_batch
-        if "graph" in engines:
-            ge = engines["graph"]
-            before = dict(ge.stats)
-            t, s, first = _time(lambda prompts=prompts, ge=ge: ge.generate(prompts, G, params))
-            n = sum(len(x.response_ids) for x in s)
-            row["tok_s"]["graph"], row["seconds"]["graph"], row["first_call_s"]["graph"] = n / t, t, first
+        model = ge.model
+        for B in args.batch:
+            row, before = rows[B], dict(ge.stats)
+            t, s, first = _time(lambda prompts=prompts_of[B], ge=ge: ge.generate(prompts, G, params))
+            row["tok_s"]["graph"], row["seconds"]["graph"], row["first_call_s"]["graph"] = _tokens(s) / t, t, first
             steps = ge.stats["steps"] - before["steps"]
             row["graph_stats"] = {"steps_two_calls": steps, "captures": ge.stats["captures"] - before["captures"],
                                   "capture_s": ge.stats["capture_s"] - before["capture_s"],
                                   "mean_live_rows": (ge.stats["rows_sum"] - before["rows_sum"]) / max(steps, 1),
                                   "prefills_two_calls": ge.stats["prefills"] - before["prefills"],
                                   "capture_error": ge.stats.get("capture_error")}
-        if "hf" in args.engines and base:
-            t, s, first = _time(lambda prompts=prompts: engines["hf"].generate(prompts, G, params))
-            n = sum(len(x.response_ids) for x in s)
-            row["tok_s"]["hf"], row["seconds"]["hf"], row["first_call_s"]["hf"] = n / t, t, first
-        if "hf_noshare" in args.engines and base:
-            alone = [p for p in prompts for _ in range(G)]
-            t, s, first = _time(lambda alone=alone: engines["hf"].generate(alone, 1, params))
-            n = sum(len(x.response_ids) for x in s)
-            row["tok_s"]["hf_noshare"], row["seconds"]["hf_noshare"], row["first_call_s"]["hf_noshare"] = n / t, t, first
-        if "generate" in args.engines and base:
-            hf = engines["hf"]
-            ids = torch.tensor([p for p in prompts for _ in range(G)], device=args.device)
-            gen = GenerationConfig(do_sample=True, max_new_tokens=T, pad_token_id=hf.pad_id,
-                                   eos_token_id=hf.eos_id, temperature=1.0, top_p=1.0, top_k=None)
-            t, out, first = _time(lambda ids=ids, gen=gen, hf=hf: hf.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen))
-            is_eos = out[:, Lp:] == hf.eos_id  # tokens up to and including EOS (then padding)
-            n = int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, out.shape[1] - Lp).sum())
-            row["tok_s"]["generate"], row["seconds"]["generate"], row["first_call_s"]["generate"] = n / t, t, first
-        ctx = Lp + (T - 1) / 2
-        floors = {}
-        for name, head_bytes in (("graph", 4), ("hf", 2)):  # graph: FP32 head as the loop runs it
-            b = decode_bytes(model, B, ctx, head_bytes)
-            floors[name] = {"bytes_per_step": b, "tok_s_vendor": B / (b["total"] / hbm),
-                            "tok_s_copy": B / (b["total"] / copy_bw)}
-        row["decode_floor"] = floors
-        if "graph" in row["tok_s"] and "generate" in row["tok_s"]:
-            row["graph_vs_generate"] = row["tok_s"]["graph"] / row["tok_s"]["generate"]
-        if "graph" in row["tok_s"]:
-            row["graph_pct_floor_vendor"] = 100 * row["tok_s"]["graph"] / floors["graph"]["tok_s_vendor"]
-            row["graph_pct_floor_copy"] = 100 * row["tok_s"]["graph"] / floors["graph"]["tok_s_copy"]
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append(row)
-        print(f"B={B}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in row["tok_s"].items()), flush=True)
-        _write(args.out / f"rollout_gen_{shape}.json", {"partial": True, "rows": rows})  # survives a timeout
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-    result = {"device": dev, "params": n_params, "hidden": args.hidden, "layers": args.layers, "experts": args.experts,
-              "vocab": args.vocab, "torch": torch.__version__,
-              "transformers": __import__("transformers").__version__, "hbm_vendor_bytes_s": hbm,
-              "copy_bytes_s": copy_bw, "experts_implementation": str(getattr(model.config, "_experts_implementation", None)),
-              "attn_implementation": str(getattr(model.config, "_attn_implementation", None)), "rows": rows}
-    if "graph" in engines:
-        ge = engines["graph"]
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            print(f"B={B}: graph {row['tok_s']['graph']:.0f} tok/s", flush=True)
+            _finish_rows(result, rows, model, Lp, T, hbm, copy_bw, out)
         result["graph_engine"] = {"load_s": load_s, "memory": ge.memory, "head_mode": ge.static.head.mode,
                                   "head_parts": ge.static.head.parts, "grouped_mm": ge.static.grouped_mm_ok,
                                   "cuda_graphs": ge.cuda_graphs, "stats": ge.stats}
+        _write(out, result)
         if args.profile:
             result["profile"] = profile_step(ge, args.profile, Lp, args.out / f"rollout_profile_{shape}.txt", hbm)
+            _write(out, result)
         if args.agreement:
             result["agreement"] = agreement(ge, path, args.agreement, G, Lp, T, args.vocab, g)
-    print(f"{dev}, {n_params / 1e6:.0f}M-parameter hybrid MiniMax (bf16), G={G}, prompt {Lp}, {T} new tokens; "
-          f"copy {copy_bw / 1e12:.2f} TB/s")
+            _write(out, result)
+    if {"hf", "hf_noshare", "generate"} & set(args.engines):
+        _baselines(args, path, dtype, prompts_of, params, rows, result, out, hbm, copy_bw)
+        model = model or result.pop("_hf_model")
+    result.pop("_hf_model", None)
+    result["params"] = sum(p.numel() for p in model.parameters())
+    result["experts_implementation"] = str(getattr(model.config, "_experts_implementation", None))
+    _finish_rows(result, rows, model, Lp, T, hbm, copy_bw, out)
+    print(f"{dev}, {result['params'] / 1e6:.0f}M-parameter hybrid MiniMax (bf16), G={G}, prompt {Lp}, {T} new "
+          f"tokens; copy {copy_bw / 1e12:.2f} TB/s")
     names = [e for e in ("graph", "hf", "hf_noshare", "generate") if e in args.engines]
     print(f"{'B':>5} " + " ".join(f"{n + ' tok/s':>14}" for n in names) + f" {'×gen':>6} {'floor tok/s':>12} {'%floor':>7} {'%copy':>6}")
-    for r in rows:
+    for r in result["rows"]:
         fl = r["decode_floor"]["graph"]
         print(f"{r['batch']:>5} " + " ".join(f"{r['tok_s'].get(n, float('nan')):>14.0f}" for n in names)
               + f" {r.get('graph_vs_generate', float('nan')):>6.2f} {fl['tok_s_vendor']:>12.0f}"
@@ -260,7 +217,80 @@ def bench_gen(args) -> None:
         a = result["agreement"]
         print(f"agreement B={a['batch']}: mean |dlogp| {a['mean_abs_dlogp']:.4f}, max {a['max_abs_dlogp']:.3f}, "
               f"prob pearson {a['prob_pearson']:.5f}")
-    _write(args.out / f"rollout_gen_{shape}.json", result)
+    if args.micro:
+        del model
+        torch.cuda.empty_cache()
+        bench_micro(args)
+
+
+def _tokens(samples) -> int:
+    return sum(len(x.response_ids) for x in samples)
+
+
+def _baselines(args, path, dtype, prompts_of, params, rows, result, out, hbm, copy_bw) -> None:
+    """The hf engine (with / without prefix sharing) and plain `generate` at the baseline sizes."""
+    from transformers import GenerationConfig
+
+    from rollout.engines.hf import HFEngine
+    from rollout.types import SamplingParams
+
+    G, T, Lp = args.group, args.new, args.prompt_len
+    hf = HFEngine(path, dtype=dtype, device=args.device)
+    warm = [prompts_of[args.batch[0]][0]]
+    if {"hf", "hf_noshare"} & set(args.engines):
+        hf.generate(warm, 4, SamplingParams(max_new_tokens=8, seed=0, repetition_window=0))
+    hf.model.generate(input_ids=torch.tensor(warm * 4, device=args.device), max_new_tokens=8, do_sample=True,
+                      pad_token_id=hf.pad_id)
+    result["_hf_model"] = hf.model
+    result["attn_implementation"] = str(getattr(hf.model.config, "_attn_implementation", None))
+    for B in args.batch:
+        if args.baseline_batch and B not in args.baseline_batch:
+            continue
+        row, prompts = rows[B], prompts_of[B]
+        if "hf" in args.engines:
+            t, s, first = _time(lambda prompts=prompts: hf.generate(prompts, G, params))
+            row["tok_s"]["hf"], row["seconds"]["hf"], row["first_call_s"]["hf"] = _tokens(s) / t, t, first
+        if "hf_noshare" in args.engines:
+            alone = [p for p in prompts for _ in range(G)]
+            t, s, first = _time(lambda alone=alone: hf.generate(alone, 1, params))
+            row["tok_s"]["hf_noshare"], row["seconds"]["hf_noshare"], row["first_call_s"]["hf_noshare"] = \
+                _tokens(s) / t, t, first
+        if "generate" in args.engines:
+            ids = torch.tensor([p for p in prompts for _ in range(G)], device=args.device)
+            gen = GenerationConfig(do_sample=True, max_new_tokens=T, pad_token_id=hf.pad_id,
+                                   eos_token_id=hf.eos_id, temperature=1.0, top_p=1.0, top_k=None)
+            t, o, first = _time(lambda ids=ids, gen=gen: hf.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen))
+            is_eos = o[:, Lp:] == hf.eos_id  # tokens up to and including EOS (then padding)
+            n = int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, o.shape[1] - Lp).sum())
+            row["tok_s"]["generate"], row["seconds"]["generate"], row["first_call_s"]["generate"] = n / t, t, first
+        print(f"B={B}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in row["tok_s"].items()), flush=True)
+        _finish_rows(result, rows, hf.model, Lp, T, hbm, copy_bw, out)
+
+
+def _finish_rows(result, rows, model, Lp, T, hbm, copy_bw, out) -> None:
+    """Floors and ratios of every row measured so far, and the JSON rewritten."""
+    done = []
+    for B, row in rows.items():
+        if not row["tok_s"]:
+            continue
+        floors = {}
+        for name, head_bytes in (("graph", 4), ("hf", 2)):  # graph: FP32 head as the loop runs it
+            b = decode_bytes(model, B, Lp + (T - 1) / 2, head_bytes)
+            floors[name] = {"bytes_per_step": b, "tok_s_vendor": B / (b["total"] / hbm),
+                            "tok_s_copy": B / (b["total"] / copy_bw)}
+        row["decode_floor"] = floors
+        t = row["tok_s"]
+        if "graph" in t and "generate" in t:
+            row["graph_vs_generate"] = t["graph"] / t["generate"]
+        if "graph" in t and "hf" in t:
+            row["graph_vs_hf"] = t["graph"] / t["hf"]
+        if "graph" in t:
+            row["graph_pct_floor_vendor"] = 100 * t["graph"] / floors["graph"]["tok_s_vendor"]
+            row["graph_pct_floor_copy"] = 100 * t["graph"] / floors["graph"]["tok_s_copy"]
+        done.append(row)
+    result["rows"] = done
+    _write(out, {k: v for k, v in result.items() if not k.startswith("_")})
 
 
 def profile_step(engine, B: int, Lp: int, table_path: Path, hbm: float) -> dict:
@@ -380,8 +410,8 @@ def bench_micro(args) -> None:
     except Exception as e:  # noqa: BLE001 - recorded, not fatal
         out["mm_out_dtype"] = f"error: {e}"[:200]
     V = args.vocab
-    for hidden in (1024, 2048):
-        for B in (64, 256, 1024):
+    for hidden in args.micro_hidden:
+        for B in args.micro_batch:
             h = torch.randn(B, hidden, device="cuda").to(torch.bfloat16)
             w_rand = torch.randn(V, hidden, device="cuda") * 0.02  # full float32 values
             w_b16 = w_rand.to(torch.bfloat16).float()  # bf16 values in a float32 tensor (a bf16-trained head)
@@ -405,7 +435,7 @@ def bench_micro(args) -> None:
                     out["head"].append({"hidden": hidden, "batch": B, "weights": wname, "variant": name,
                                         "rel_err": err, "max_abs_err": float((y.double() - ref).abs().max()),
                                         "ms": ms})
-    for B in (256, 1024):
+    for B in args.micro_batch:
         L, H, D = 7, 16, 64
         state = torch.randn(B + 1, L, H, D, D, device="cuda")
         qkv = torch.randn(B, 4 * H * D, device="cuda").to(torch.bfloat16)
@@ -516,6 +546,9 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="graph engine without CUDA graphs")
     ap.add_argument("--profile", type=int, default=0, help="profile one graph-engine decode step at this batch")
     ap.add_argument("--agreement", type=int, default=0, help="engine vs learner log-probs at this batch")
+    ap.add_argument("--micro", action="store_true", help="gen: run `micro` afterwards in the same process")
+    ap.add_argument("--micro-hidden", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--micro-batch", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--params", type=float, default=2e9)
     ap.add_argument("--bucket-mb", type=float, nargs="+", default=[256, 1024])
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run (gloo for sync), not a measurement")

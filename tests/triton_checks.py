@@ -291,12 +291,12 @@ def check_engine():
     import tempfile
 
     from omegaconf import OmegaConf
+    from test_engine_graph import prompts_for, same_samples
 
     from cispo.config import ModelConfig
     from cispo.models.build import prepare
     from rollout.engines.graph import GraphEngine
     from rollout.types import SamplingParams
-    from test_engine_graph import prompts_for, same_samples
 
     path = prepare(OmegaConf.structured(ModelConfig), tempfile.mkdtemp() + "/model")
     prompts = prompts_for(path)[1:4]
