@@ -490,6 +490,8 @@ class GraphEngine:
                 for p in need:
                     call.entry[p] = entries_free.pop()
                 self._prefill(call, need)
+            if not take:  # cannot happen (held entries' samples lead the queue); never spin
+                break
             slots = [free.pop() for _ in take]
             ents = [call.entry[i // G] for i in take]
             self._copy_prefix(call, take, slots, ents)
