@@ -353,6 +353,8 @@ class GraphEngine:
             if free and call.queue:
                 entries_free = self._admit(call, free, live, slot_sample, entries_free)
                 rows_changed = True
+            if not live and not inflight:
+                raise RuntimeError(f"graph engine: {len(call.queue)} samples wait and none runs")
             if live:
                 if rows_changed:
                     rows_np = np.array(sorted(live), dtype=np.int64)
