@@ -375,8 +375,8 @@ class StaticModel:
             return F.linear(silu_mul(F.linear(h, L.w_gu, L.b_gu), force=self.force), L.w_down, L.b_down), None
         r = route_align(F.linear(h, L.router), L.top_k, L.renorm, L.route_dtype, force=self.force)
         xs = h.index_select(0, r.src)
-        g = grouped_mm(xs, L.experts_gu.transpose(1, 2), r.offs)
-        y = grouped_mm(silu_mul(g, force=self.force), L.experts_down.transpose(1, 2), r.offs)
+        g = grouped_mm(xs, L.experts_gu.transpose(1, 2), r.offs, self.grouped_mm_ok)
+        y = grouped_mm(silu_mul(g, force=self.force), L.experts_down.transpose(1, 2), r.offs, self.grouped_mm_ok)
         return combine(y, r, force=self.force), r
 
     def _layers(self, x: torch.Tensor, attention, on_routing=None) -> torch.Tensor:

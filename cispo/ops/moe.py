@@ -169,12 +169,13 @@ def has_grouped_mm(device: torch.device | str, dtype: torch.dtype = torch.bfloat
     return hasattr(F, "grouped_mm")
 
 
-def grouped_mm(x, w, offs):
+def grouped_mm(x, w, offs, native: bool = True):
     """x [pairs, K] (expert-sorted rows) · w [E, K, N] → [pairs, N]: rows offs[e-1]..offs[e] use
     w[e]. `w` may be a transposed view of transformers' [E, N, K] expert weights. Without torch's
     grouped GEMM for this device and dtype, every expert multiplies every row and a mask keeps
-    its own (E times the arithmetic, still without host syncs; a fallback for tests and small E)."""
-    if has_grouped_mm(x.device, x.dtype):
+    its own (E times the arithmetic, still without host syncs; a fallback for tests and small E).
+    `native=False` takes that fallback even where torch's grouped GEMM runs."""
+    if native and has_grouped_mm(x.device, x.dtype):
         fn = getattr(F, "grouped_mm", None) or torch._grouped_mm
         return fn(x, w, offs=offs)
     expert = torch.searchsorted(offs.long(), torch.arange(x.shape[0], device=x.device), right=True)

@@ -409,11 +409,19 @@ class GraphEngine:
         if self.cuda_graphs:
             try:
                 graph = self._graph(nb, sampling)
-            except RuntimeError as e:  # a capture that fails must not lose the rollout: run eagerly
-                log.warning("graph engine: CUDA graph capture failed (%s); decoding eagerly from now on", e)
-                self.stats["capture_error"] = str(e)[:500]
-                self.cuda_graphs = False
+            except RuntimeError as e:  # a capture that fails must not lose the rollout
                 torch.cuda.synchronize(self.device)
+                self.stats["capture_error"] = str(e)[:500]
+                if self.static.grouped_mm_ok and self.static.shapes.moe_layers:
+                    # torch's grouped GEMM is the one op here that might not capture: try the
+                    # masked expert products (graph-safe, E times the expert arithmetic) once
+                    log.warning("graph engine: CUDA graph capture failed (%s); retrying with masked "
+                                "expert products instead of torch's grouped GEMM", e)
+                    self.static.grouped_mm_ok = False
+                    self._graphs.clear()
+                    return self._step(nb, sampling)
+                log.warning("graph engine: CUDA graph capture failed (%s); decoding eagerly from now on", e)
+                self.cuda_graphs = False
             else:
                 graph.replay()
                 return
