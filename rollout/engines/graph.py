@@ -419,6 +419,7 @@ class GraphEngine:
                                 "expert products instead of torch's grouped GEMM", e)
                     self.static.grouped_mm_ok = False
                     self._graphs.clear()
+                    self._warm.clear()
                     return self._step(nb, sampling)
                 log.warning("graph engine: CUDA graph capture failed (%s); decoding eagerly from now on", e)
                 self.cuda_graphs = False
