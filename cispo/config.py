@@ -73,7 +73,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # registry name (rollout.engines)
+    engine: str = "hf"  # registry name (rollout.engines): hf, graph (CUDA graphs), vllm
     num_workers: int = 2  # GenerationWorker Ray actors
     prompts_per_step: int = 64
     group_size: int = 8  # G samples per prompt (M1 report: 16 in later stages)
@@ -105,6 +105,11 @@ class RolloutConfig:
     # Ray placement group per engine (parallel.rollout_tensor_parallel x rollout_pipeline_parallel
     # bundles of the per-worker CPUs/GPUs, packed on one node): auto = with GPUs only, on, off
     placement_groups: str = "auto"
+    # rollout.engine=graph: the engine's whole share of its GPU (weights, slot pool, activations)
+    # as a fraction of the device memory; the pool takes what parallel.rollout_concurrency
+    # sequences need up to that (our choice: half, leaving the rest to a colocated learner)
+    gpu_memory_fraction: float = 0.5
+    cuda_graphs: bool = True  # rollout.engine=graph: capture decode steps (false: eager, debugging)
     # extra vllm.LLM / engine settings for rollout.engine=vllm, e.g.
     # {gpu_memory_utilization: 0.85, colocated: true}
     vllm: dict[str, Any] = field(default_factory=dict)

@@ -116,14 +116,20 @@ def engine_options_from(cfg: Any, parallel: Any) -> dict:
     """The engine's own settings from `rollout.*` and the engine keys of `parallel.*` (what each
     engine accepts differs)."""
     tensor_parallel, pipeline_parallel = parallel.rollout_tensor_parallel, parallel.rollout_pipeline_parallel
+    if cfg.engine in ("hf", "graph") and tensor_parallel * pipeline_parallel != 1:
+        raise ValueError(f"rollout.engine={cfg.engine} runs on one device per engine: set "
+                         "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
+                         "(model parallel engines need rollout.engine=vllm)")
     if cfg.engine == "hf":
-        if tensor_parallel * pipeline_parallel != 1:
-            raise ValueError("rollout.engine=hf runs on one device per engine: set "
-                             "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
-                             "(model parallel engines need rollout.engine=vllm)")
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
+    if cfg.engine == "graph":
+        share = -(-cfg.prompts_per_step * cfg.group_size // max(cfg.num_workers, 1))
+        return {"max_slots": parallel.rollout_concurrency or share,
+                "prefill_tokens": parallel.rollout_batched_tokens,
+                "gpu_memory_fraction": cfg.gpu_memory_fraction, "cuda_graphs": cfg.cuda_graphs,
+                "record_routing": cfg.routing_replay, "max_new_tokens": cfg.max_new_tokens}
     if cfg.routing_replay:
-        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf or graph (got {cfg.engine!r})")
     if cfg.engine == "vllm":
         opts = {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
                 "max_num_batched_tokens": parallel.rollout_batched_tokens}
