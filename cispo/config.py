@@ -93,6 +93,10 @@ class RolloutConfig:
     torch_threads: int = 1  # intra-op threads per worker on CPU
     # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
     sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
+    # how the weights travel (cispo.placement): auto = CUDA IPC when colocated on GPUs, NCCL
+    # broadcast when separate, the Ray object store on CPU; or object_store | ipc | broadcast
+    # (on CPU: ipc = shared-memory files, broadcast = gloo)
+    sync_transport: str = "auto"
     # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
     # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.
@@ -211,6 +215,10 @@ class LearnerConfig:
     head_precision: str = "ieee"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    # parallel.placement=colocated: move the optimizer state, FP32 master weights and gradients
+    # to host memory while the engines generate (and back before training), so a GPU too small
+    # for both still holds them in turn; costs two host<->GPU copies of that state per step
+    offload_while_generating: bool = False
     # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
     # K/V all-gather for softmax layers); must divide num_workers; 1 = off
     sequence_parallel_size: int = 1
@@ -233,6 +241,9 @@ class LoggingConfig:
     wandb_project: str = "cispo"
     wandb_entity: str | None = None
     progress: bool = True  # rich progress bar on the terminal
+    # a step whose learner passes are profiled (torch.profiler, rank 0): the table of the
+    # heaviest ops goes to run_dir/profile_learn_step<N>.txt; null = none
+    profile_learn_step: int | None = None
 
 
 @dataclass
@@ -274,6 +285,9 @@ class ParallelConfig:
     # (what the learner does today)
     head_chunk_tokens: int = 0
     prefetch_layers: int = 2  # ZeRO-3 layers gathered at once: current + prefetched (our choice)
+    # where the engines sit (cispo.placement): separate = GPUs of their own (weights by NCCL
+    # broadcast); colocated = on the learner's GPUs, taking turns with it (weights by CUDA IPC)
+    placement: str = "separate"
     rollout_tensor_parallel: int = 1  # GPUs per engine in one tensor-parallel group
     rollout_pipeline_parallel: int = 1  # pipeline stages per engine (engine GPUs = tp x pp)
     # sequences one engine holds in flight (KV cache / lightning state); 0 = all of its share of

@@ -84,4 +84,21 @@ def value_problems(cfg) -> list[str]:
         problems.append("learner.sequence_parallel_size > 1 splits packed rows: set learner.micro_batch_tokens")
     if cfg.rollout.routing_replay and L.micro_batch_tokens:
         problems.append("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+    problems += placement_problems(cfg)
     return problems
+
+
+def placement_problems(cfg) -> list[str]:
+    """`parallel.placement` with the transport and resources asked for (cispo.placement)."""
+    from cispo.placement import choose_transport, plan_layout
+
+    R, L = cfg.rollout, cfg.learner
+    on_gpu = L.num_gpus_per_worker > 0 or R.num_gpus_per_worker > 0
+    try:
+        choose_transport(cfg.parallel.placement, on_gpu, R.sync_transport)
+        plan_layout(cfg.parallel.placement, L.num_workers, L.num_cpus_per_worker, L.num_gpus_per_worker,
+                    R.num_workers, R.num_cpus_per_worker, R.num_gpus_per_worker,
+                    cfg.parallel.rollout_tensor_parallel * cfg.parallel.rollout_pipeline_parallel)
+    except ValueError as e:
+        return [str(e)]
+    return []

@@ -258,32 +258,49 @@ class LearnerWorker:
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
         """π_old of each response token, and sums for the train/rollout agreement metrics."""
         self.engine.eval()
-        s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
+        s = _agreement_zero()
         out: list[list[float] | None] = [None] * len(items)
-        for batch, idx in self._micro_batches(items, None):
-            lp, ent = self._token_logprobs(batch, with_entropy=True)
-            lp = lp.cpu()
-            m = batch["mask"] > 0
-            if ent is not None:
-                s["entropy"] += float(ent.double().sum())
-            x, y = lp[m].double(), batch["rollout_logprobs"][m].double()
-            s["n"] += float(m.sum())
-            s["x"] += float(x.sum())
-            s["y"] += float(y.sum())
-            s["xx"] += float((x * x).sum())
-            s["yy"] += float((y * y).sum())
-            s["xy"] += float((x * y).sum())
-            s["absdiff"] += float((x - y).abs().sum())
-            for row, i in enumerate(idx):
-                out[i] = lp[row][m[row]].tolist()
-        return out, s
+        with self._profiled("logprobs"):
+            for batch, idx in self._micro_batches(items, None):
+                lp, ent = self._token_logprobs(batch, with_entropy=True)
+                lp = lp.cpu()
+                m = batch["mask"] > 0
+                _agreement_add(s, lp, batch["rollout_logprobs"], m, ent)
+                for row, i in enumerate(idx):
+                    out[i] = lp[row][m[row]].tolist()
+        return out, {k: float(v) for k, v in s.items()}
 
-    def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
-                        loss_kwargs: dict, global_tokens: float, global_samples: float) -> dict[str, float]:
-        """One optimizer step over this rank's share of a minibatch."""
+    def profile_next(self, path: str) -> None:
+        """Profile the next `logprobs` and `train_minibatch` calls (torch.profiler, CPU + CUDA);
+        their tables of the heaviest ops are written to `path` (rank 0 only)."""
+        self._profile_path = path if self.rank == 0 else None
+
+    def _profiled(self, what: str):
+        from contextlib import nullcontext
+
+        path = getattr(self, "_profile_path", None)
+        if not path:
+            return nullcontext()
+        return _profile_to(path, what)
+
+    def train_minibatch(self, items: list[TrainItem], old: list[list[float]] | None, loss_name: str,
+                        loss_kwargs: dict, global_tokens: float, global_samples: float,
+                        agreement: bool = False) -> dict[str, float]:
+        """One optimizer step over this rank's share of a minibatch. `old=None`: π_old is this
+        forward's own log-probs, detached (on-policy, one update per rollout: the same numbers a
+        separate no-grad pass would give, without that pass). `agreement`: also the sums of the
+        train/rollout agreement metrics and the entropy, from the same forward."""
+        with self._profiled("train_minibatch"):
+            out = self._train_minibatch(items, old, loss_name, loss_kwargs, global_tokens, global_samples,
+                                        agreement)
+        self._profile_path = None
+        return out
+
+    def _train_minibatch(self, items, old, loss_name, loss_kwargs, global_tokens, global_samples, agreement):
         from cispo.loss import policy_loss
 
         self.engine.train()
+        agree = _agreement_zero() if agreement else None
         # DeepSpeed averages gradients over ranks; dividing by global_tokens / W makes the
         # result the gradient of the loss normalised by the whole minibatch's token count.
         per_rank_tokens = global_tokens / self.world_size
@@ -294,8 +311,13 @@ class LearnerWorker:
         for k, (batch, _) in enumerate(batches):
             # the boundary is the last micro-batch, whatever their number this step
             self.engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
-            lp, _ = self._token_logprobs(batch)
-            dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
+            lp, ent = self._token_logprobs(batch, with_entropy=agreement)
+            dev = {k: batch[k].to(lp.device, non_blocking=True) for k in ("old_logprobs", "advantages", "mask")}
+            if old is None:
+                dev["old_logprobs"] = lp.detach()
+            if agree is not None:
+                _agreement_add(agree, lp.detach(), batch["rollout_logprobs"].to(lp.device, non_blocking=True),
+                               dev["mask"] > 0, ent.detach() if ent is not None else None)
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
                                   sample_count=per_rank_samples, **loss_kwargs)
@@ -312,6 +334,8 @@ class LearnerWorker:
             sums["ratio_min"] = min(sums["ratio_min"], m.get("is_weight/min", float("inf")))
         norm = self.engine.get_global_grad_norm()
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
+        if agree is not None:
+            sums["agreement"] = {k: float(v) for k, v in agree.items()}
         return sums
 
     def set_grad_clip(self, value: float) -> float:
@@ -396,6 +420,95 @@ class LearnerWorker:
                               self.rank == 0, ray.put)
         return out if self.rank == 0 else None
 
+    # --- weight hand-over to engines on this rank's GPU (parallel.placement=colocated) -------
+
+    def open_shared_buckets(self, bucket_mb: float, write: bool) -> tuple[list, list] | None:
+        """Make this rank's flat bucket buffers once (cispo.weight_sync.SharedBuckets); returns
+        (plan, handles) for the engines that read them, or None on a rank that only joins the
+        gathers (`write=False`). All ranks call it together."""
+        from cispo.weight_sync import SharedBuckets, param_entries, plan_buckets
+
+        self._shared_write = write
+        self._shared_bytes = int(bucket_mb * 2**20)
+        plan = plan_buckets(param_entries(self.engine.module), self._shared_bytes)
+        if not write:
+            self._shared = None
+            return None
+        self._shared = SharedBuckets(plan, self.engine.device)
+        return plan, self._shared.handles()
+
+    def fill_shared_buckets(self) -> dict[str, float] | None:
+        """The current weights into the buffers (every rank: ZeRO-3 gathers); stats on rank 0."""
+        from cispo.weight_sync import iter_buckets, sync_stats
+
+        if self._shared is not None:
+            stats = self._shared.fill(self.engine.module, self._shared_bytes, self.zero_stage == 3)
+        else:  # gathers only: the collectives need every rank
+            for _ in iter_buckets(self.engine.module, self._shared_bytes, self.zero_stage == 3):
+                pass
+            stats = sync_stats(0, 0.0, 0)
+        return stats if self.rank == 0 else None
+
+    # --- weight hand-over by broadcast to engines on other GPUs (parallel.placement=separate) --
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where the engines meet learner rank 0 for the weight group: (node address, free port)."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def join_weight_group(self, backend: str, addr: str, port: int, world_size: int) -> None:
+        """Rank 0 hosts the weight group as its rank 0 (the engines are 1..world_size-1); the
+        other ranks are not in it: they only take part in the gathers."""
+        from cispo.weight_sync import make_group
+
+        self._wgroup = make_group(backend, addr, port, 0, world_size) if self.rank == 0 else None
+
+    def broadcast_weights(self, bucket_mb: float) -> tuple[list, dict[str, float]] | None:
+        """Every rank gathers bucket by bucket; rank 0 broadcasts each as one flat buffer.
+        (plan, stats) on rank 0, None elsewhere."""
+        from cispo.weight_sync import broadcast_send
+
+        out = broadcast_send(self._wgroup, self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
+                             self.rank == 0, self.engine.device)
+        return out if self.rank == 0 else None
+
+    def weight_plan(self, bucket_mb: float) -> list:
+        from cispo.weight_sync import param_entries, plan_buckets
+
+        return plan_buckets(param_entries(self.engine.module), int(bucket_mb * 2**20))
+
+    # --- colocated memory: optimizer state and gradients off the GPU while engines generate ---
+
+    OFFLOADED = ("optim_states", "hp_params", "lp_grads", "contiguous_grad_buffer")
+
+    def offload(self) -> float:
+        """Optimizer state, FP32 master weights and gradients to (pinned) host memory and the
+        freed memory back to the driver, so colocated engines can use it; the bf16 parameters
+        stay (the weight sync gathers them). Seconds taken; 0 when there is nothing to move
+        (CPU learner)."""
+        import time
+
+        if self.engine.device.type != "cuda" or getattr(self, "_offloaded", False):
+            return 0.0
+        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+
+        t0 = time.perf_counter()
+        self.engine.offload_states(include=[OffloadStateTypeEnum(x) for x in self.OFFLOADED],
+                                   device=OffloadDeviceEnum.cpu, pin_memory=True, non_blocking=False)
+        torch.cuda.empty_cache()
+        self._offloaded = True
+        return time.perf_counter() - t0
+
+    def reload(self) -> float:
+        """Back on the GPU before training (the inverse of `offload`); seconds taken."""
+        import time
+
+        if not getattr(self, "_offloaded", False):
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine.reload_states(non_blocking=False)
+        self._offloaded = False
+        return time.perf_counter() - t0
+
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
 
@@ -412,7 +525,9 @@ class LearnerWorker:
 
 class LearnerGroup:
     def __init__(self, cfg: Any, model_cfg: Any, model_path: str, samples_per_minibatch: int,
-                 temperature: float):
+                 temperature: float, scheduling: list[dict] | None = None, wait: bool = True):
+        """`scheduling`: Ray options per rank from `cispo.placement` (None: Ray places them);
+        `wait=False` returns while the ranks still start (call `ready()`)."""
         self.W = cfg.num_workers
         self.sp = cfg.get("sequence_parallel_size", 1)  # ranks r .. r+sp-1 share every item
         if self.sp < 1 or self.W % self.sp:
@@ -425,9 +540,14 @@ class LearnerGroup:
                 "fp32_lm_head": model_cfg.fp32_lm_head, "rotary_dim": model_cfg.rotary_dim}
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
-        self.workers = [LearnerWorker.options(**opts).remote(r, self.W, port, model_path, wcfg,
-                                                             self.n_micro, temperature)
+        self.workers = [LearnerWorker.options(**opts, **(scheduling[r] if scheduling else {})).remote(
+                            r, self.W, port, model_path, wcfg, self.n_micro, temperature)
                         for r in range(self.W)]
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Block until every rank has built its DeepSpeed engine."""
         ray.get([w.ready.remote() for w in self.workers])
 
     def _shards(self, items: list) -> list[list]:
@@ -444,32 +564,32 @@ class LearnerGroup:
         parts = self._leaders(ray.get([w.logprobs.remote(s) for w, s in
                                        zip(self.workers, self._shards(items), strict=True)]))
         lps = [lp for p, _ in parts for lp in p]
-        s = {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
-        n = max(s["n"], 1.0)
-        cov = s["xy"] / n - (s["x"] / n) * (s["y"] / n)
-        vx = s["xx"] / n - (s["x"] / n) ** 2
-        vy = s["yy"] / n - (s["y"] / n) ** 2
-        pearson = cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
-        out = {"logprob/train_rollout_pearson": pearson,
-               "logprob/train_rollout_abs_diff": s["absdiff"] / n}
-        if s["entropy"]:
-            out["logprob/entropy_mean"] = s["entropy"] / n  # of the policy at sampled positions
-        return lps, out
+        return lps, agreement_metrics({k: sum(p[1][k] for p in parts) for k in parts[0][1]})
 
-    def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
-                        loss_kwargs: dict) -> dict[str, float]:
+    def train_minibatch(self, items: list[TrainItem], old: list[list[float]] | None, loss_name: str,
+                        loss_kwargs: dict, agreement: bool = False) -> dict[str, float]:
+        """One optimizer step. `old=None`: π_old from the update's own forward (see
+        LearnerWorker.train_minibatch); `agreement`: the train/rollout agreement metrics too."""
         tokens = float(sum(len(it.response_ids) for it in items))
-        shards, olds = self._shards(items), self._shards(old)
+        shards = self._shards(items)
+        olds = self._shards(old) if old is not None else [None] * self.W
         parts = self._leaders(ray.get([
-            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)))
+            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)), agreement)
             for w, s, o in zip(self.workers, shards, olds, strict=True)]))
         t = max(sum(p["tokens"] for p in parts), 1.0)
-        return {"loss/policy": sum(p["loss"] for p in parts),
-                "is_weight/mean": sum(p["ratio"] for p in parts) / t,
-                "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
-                "is_weight/max": max(p["ratio_max"] for p in parts),
-                "is_weight/min": min(p["ratio_min"] for p in parts),  # inf: no tokens
-                "grad/norm": parts[0]["grad_norm"]}
+        out = {"loss/policy": sum(p["loss"] for p in parts),
+               "is_weight/mean": sum(p["ratio"] for p in parts) / t,
+               "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
+               "is_weight/max": max(p["ratio_max"] for p in parts),
+               "is_weight/min": min(p["ratio_min"] for p in parts),  # inf: no tokens
+               "grad/norm": parts[0]["grad_norm"]}
+        if agreement:
+            sums = [p["agreement"] for p in parts]
+            out.update(agreement_metrics({k: sum(x[k] for x in sums) for k in sums[0]}))
+        return out
+
+    def profile_next(self, path: str) -> None:
+        ray.get([w.profile_next.remote(path) for w in self.workers])
 
     def set_grad_clip(self, value: float) -> list[float]:
         return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
@@ -486,6 +606,35 @@ class LearnerGroup:
     def weight_buckets(self, bucket_mb: float) -> tuple[list[ray.ObjectRef], dict[str, float]]:
         """(object-store refs of the weight buckets, sync stats) from rank 0."""
         return ray.get([w.weight_buckets.remote(bucket_mb) for w in self.workers])[0]
+
+    def open_shared_buckets(self, bucket_mb: float, writers: set[int]) -> list[tuple[list, list] | None]:
+        """Each rank in `writers` makes its bucket buffers; (plan, handles) per rank (None for
+        the others)."""
+        return ray.get([w.open_shared_buckets.remote(bucket_mb, r in writers)
+                        for r, w in enumerate(self.workers)])
+
+    def fill_shared_buckets(self) -> dict[str, float]:
+        return ray.get([w.fill_shared_buckets.remote() for w in self.workers])[0]
+
+    def weight_group_address(self) -> tuple[str, int]:
+        return ray.get(self.workers[0].weight_group_address.remote())
+
+    def join_weight_group(self, backend: str, addr: str, port: int, world_size: int) -> list:
+        """Ray references: wait on them together with the engines' joins."""
+        return [w.join_weight_group.remote(backend, addr, port, world_size) for w in self.workers]
+
+    def broadcast_weights(self, bucket_mb: float) -> list:
+        """Ray references (every rank gathers; rank 0's result is (plan, stats))."""
+        return [w.broadcast_weights.remote(bucket_mb) for w in self.workers]
+
+    def weight_plan(self, bucket_mb: float) -> list:
+        return ray.get(self.workers[0].weight_plan.remote(bucket_mb))
+
+    def offload(self) -> float:
+        return max(ray.get([w.offload.remote() for w in self.workers]))
+
+    def reload(self) -> float:
+        return max(ray.get([w.reload.remote() for w in self.workers]))
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         ray.get([w.save.remote(ckpt_dir, tag, client_state) for w in self.workers])
@@ -505,3 +654,62 @@ def _plain(cfg: Any) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
+def _agreement_zero() -> dict:
+    return dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
+
+
+def _agreement_add(s: dict, lp: torch.Tensor, rollout_lp: torch.Tensor, mask: torch.Tensor,
+                   entropy: torch.Tensor | None) -> None:
+    """Add one micro-batch's sums for the train/rollout agreement metrics (float64; on the
+    tensors' device: read once at the end, not once per micro-batch)."""
+    x, y = lp[mask].double(), rollout_lp[mask].double()
+    s["n"] = s["n"] + mask.sum()
+    s["x"] = s["x"] + x.sum()
+    s["y"] = s["y"] + y.sum()
+    s["xx"] = s["xx"] + (x * x).sum()
+    s["yy"] = s["yy"] + (y * y).sum()
+    s["xy"] = s["xy"] + (x * y).sum()
+    s["absdiff"] = s["absdiff"] + (x - y).abs().sum()
+    if entropy is not None:
+        s["entropy"] = s["entropy"] + entropy.double().sum()
+
+
+def agreement_metrics(s: dict[str, float]) -> dict[str, float]:
+    """Train/rollout log-prob agreement over all ranks' sums: Pearson, mean |diff|, entropy."""
+    n = max(s["n"], 1.0)
+    cov = s["xy"] / n - (s["x"] / n) * (s["y"] / n)
+    vx = s["xx"] / n - (s["x"] / n) ** 2
+    vy = s["yy"] / n - (s["y"] / n) ** 2
+    pearson = cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
+    out = {"logprob/train_rollout_pearson": pearson,
+           "logprob/train_rollout_abs_diff": s["absdiff"] / n}
+    if s["entropy"]:
+        out["logprob/entropy_mean"] = s["entropy"] / n  # of the policy at sampled positions
+    return out
+
+
+def _profile_to(path: str, what: str):
+    """torch.profiler around one learner call; appends its op table to `path`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def run():
+        import time
+
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        t0 = time.perf_counter()
+        with profile(activities=acts, record_shapes=False) as prof:
+            yield
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        with open(path, "a") as f:
+            f.write(f"== {what}: {wall * 1e3:.1f} ms wall (profiled)\n")
+            f.write(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60))
+            f.write("\n")
+    return run()

@@ -8,6 +8,8 @@ exact code path a real checkpoint takes.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,59 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
     tok = build_char_tokenizer()
     config = tiny_minimax_config(cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id,
                                  tok.eos_token_id)
+    # the same shape, seed, dtype and library versions give the same weights: build once per
+    # machine (a 0.25B model takes seconds to initialise and write), then link/copy
+    cached = _tiny_cache_dir(config, cfg)
+    if cached is not None and (cached / "model.safetensors").exists():
+        _link_tree(cached, out)
+        return str(out)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.tiny.init_seed)
         model = MiniMaxForCausalLM(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    # stored in the run's dtype: every process loads it in that dtype anyway (half the bytes
+    # to write and read for bf16)
+    model.to(DTYPES[cfg.dtype])
+    target = cached if cached is not None else out
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if target.exists():  # another run built it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(target)
+    if cached is not None:
+        _link_tree(cached, out)
     return str(out)
+
+
+def _tiny_cache_dir(config, cfg: Any) -> Path | None:
+    """Where built tiny models are kept across runs: $CISPO_CACHE (default ~/.cache/cispo)
+    /tiny-models/<hash of config, seed, dtype, torch and transformers versions>; None when
+    CISPO_CACHE=off."""
+    import hashlib
+    import json
+
+    import transformers
+
+    root = os.environ.get("CISPO_CACHE", str(Path.home() / ".cache" / "cispo"))
+    if root == "off":
+        return None
+    key = json.dumps([config.to_dict(), cfg.tiny.init_seed, cfg.dtype, torch.__version__,
+                      transformers.__version__], sort_keys=True, default=str)
+    return Path(root) / "tiny-models" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links of src's files in dst (a copy where links cannot be made)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if (dst / f.name).exists():
+            continue
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
 
 
 def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, *,
