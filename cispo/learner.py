@@ -119,6 +119,17 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, master_port: int, model_path: str,
                  cfg: dict, n_micro: int, temperature: float):
+        import time
+
+        t0 = time.time()
+        self.init_times: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            nonlocal t0
+            now = time.time()
+            self.init_times[name] = now - t0
+            t0 = now
+
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port),
                            "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"})
         gpu = torch.cuda.is_available() and cfg["num_gpus_per_worker"] > 0
@@ -131,7 +142,9 @@ class LearnerWorker:
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if gpu else "gloo")
+        mark("import")
         deepspeed.init_distributed(dist_backend=backend)
+        mark("init_distributed")
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
         from cispo.models.fp32_head import enable_token_scoring
@@ -139,6 +152,7 @@ class LearnerWorker:
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
         self.pad_id = load_tokenizer(model_path).pad_token_id
+        mark("load_model")
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -160,11 +174,23 @@ class LearnerWorker:
             head.precision = cfg["head_precision"]
         self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
         self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
+        if gpu and self.sp is None:  # compile the GPU kernels now, beside the engines' start-up
+            from cispo.models.warmup import fits_for_warm_up, warm_up_learner
+
+            dev = torch.device("cuda", torch.cuda.current_device())
+            if fits_for_warm_up(model, dev):
+                warm_up_learner(model, dev, self.micro_batch_tokens > 0, self.pad_id, temperature)
+                mark("warm_up")
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=deepspeed_config(cfg, n_micro, world_size))
+        mark("deepspeed_initialize")
 
     def ready(self) -> int:
         return self.rank
+
+    def startup_times(self) -> dict[str, float]:
+        """Seconds of each part of this rank's start (import, model load, warm-up, DeepSpeed)."""
+        return dict(self.init_times)
 
     def expert_layout(self) -> dict[str, int]:
         """How the MoE blocks are held: AutoEP layers and the experts this rank computes."""
@@ -478,21 +504,43 @@ class LearnerWorker:
 
     # --- colocated memory: optimizer state and gradients off the GPU while engines generate ---
 
-    OFFLOADED = ("optim_states", "hp_params", "lp_grads", "contiguous_grad_buffer")
+    def _host_state(self) -> list[torch.Tensor]:
+        """The tensors `offload` moves: ZeRO-3's FP32 master partitions and AdamW's moments."""
+        opt = self.engine.optimizer
+        out = list(getattr(opt, "fp32_partitioned_groups_flat", []))
+        inner = getattr(opt, "optimizer", None)
+        for state in (inner.state.values() if inner is not None else []):
+            out += [state[k] for k in ("exp_avg", "exp_avg_sq") if torch.is_tensor(state.get(k))]
+        return out
 
     def offload(self) -> float:
-        """Optimizer state, FP32 master weights and gradients to (pinned) host memory and the
-        freed memory back to the driver, so colocated engines can use it; the bf16 parameters
-        stay (the weight sync gathers them). Seconds taken; 0 when there is nothing to move
-        (CPU learner)."""
+        """Optimizer state, FP32 master weights and gradients to pinned host memory, and the freed
+        memory back to the driver, so colocated engines can use it; the bf16 parameters stay (the
+        weight sync gathers them). Seconds taken; 0 when there is nothing to move (CPU).
+
+        The moments and master weights move here (DeepSpeed's own `offload_states` accepts only
+        its FusedAdam, a JIT-built op; the learner runs torch's AdamW); gradients and the reduce
+        buckets through DeepSpeed's."""
         import time
 
         if self.engine.device.type != "cuda" or getattr(self, "_offloaded", False):
             return 0.0
+        if self.zero_stage != 3:
+            raise ValueError("learner.offload_while_generating needs learner.zero_stage=3")
         from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
 
         t0 = time.perf_counter()
-        self.engine.offload_states(include=[OffloadStateTypeEnum(x) for x in self.OFFLOADED],
+        pinned = self.__dict__.setdefault("_pinned", {})
+        tensors = self._host_state()
+        for t in tensors:
+            if id(t) not in pinned:
+                pinned[id(t)] = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            pinned[id(t)].copy_(t.data, non_blocking=True)
+        torch.cuda.synchronize()
+        for t in tensors:
+            t.data = pinned[id(t)]
+        self.engine.offload_states(include=[OffloadStateTypeEnum.lp_grads,
+                                            OffloadStateTypeEnum.contiguous_grad_buffer],
                                    device=OffloadDeviceEnum.cpu, pin_memory=True, non_blocking=False)
         torch.cuda.empty_cache()
         self._offloaded = True
@@ -505,7 +553,10 @@ class LearnerWorker:
         if not getattr(self, "_offloaded", False):
             return 0.0
         t0 = time.perf_counter()
+        for t in self._host_state():
+            t.data = t.data.to(self.engine.device, non_blocking=True)
         self.engine.reload_states(non_blocking=False)
+        torch.cuda.synchronize()
         self._offloaded = False
         return time.perf_counter() - t0
 
@@ -549,6 +600,10 @@ class LearnerGroup:
     def ready(self) -> None:
         """Block until every rank has built its DeepSpeed engine."""
         ray.get([w.ready.remote() for w in self.workers])
+
+    def startup_times(self) -> dict[str, float]:
+        """Rank 0's start-up parts, seconds."""
+        return ray.get(self.workers[0].startup_times.remote())
 
     def _shards(self, items: list) -> list[list]:
         """Each data-parallel group's share, given to every rank of its sequence-parallel group."""

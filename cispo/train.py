@@ -91,9 +91,11 @@ def main(cfg: DictConfig) -> None:
                        "rollout/worker_restarts": float(p.rollout.restarts),
                        "time/learn_s": t2 - t1, "time/sync_s": t4 - t3,
                        "time/step_s": time.monotonic() - t0, **share_metrics,
+                       "time/since_start_s": time.time() - T_START,
                        **perf_metrics(samples, items, ro.seconds, t2 - t1)}
             if step == p.start:
                 metrics.update(p.startup.metrics(end_of_first_step=time.time()))
+                p.startup.write(p.run_dir / "startup.json", metrics)
                 log.info("%s", p.startup.table())
             p.logger.log(step, metrics)
             bar.update(step, metrics)
@@ -148,7 +150,7 @@ class StartupClock:
     logged as a table with step 0 and kept as `startup/*` metrics of the first step."""
 
     def __init__(self, t0: float = T_START):
-        self.t0, self.last, self.parts = t0, t0, []
+        self.t0, self.last, self.parts, self.details = t0, t0, [], []
 
     def mark(self, name: str) -> None:
         now = time.time()
@@ -156,14 +158,29 @@ class StartupClock:
         self.last = now
         log.info("start-up: %s %.1f s (%.1f s since start)", name, self.parts[-1][1], now - self.t0)
 
+    def detail(self, who: str, parts: dict[str, float]) -> None:
+        """An actor's own start-up parts (they overlap the marks above)."""
+        self.details.append((who, parts))
+        log.info("start-up: %s: %s", who, ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+
     def metrics(self, end_of_first_step: float) -> dict[str, float]:
         out = {f"startup/{name}_s": sec for name, sec in self.parts}
+        for who, parts in self.details:
+            out.update({f"startup/{who.replace(' ', '_')}/{k}_s": v for k, v in parts.items()})
         out["startup/to_step0_s"] = self.last - self.t0
         out["startup/step0_done_s"] = end_of_first_step - self.t0
         return out
 
+    def write(self, path: Path, metrics: dict[str, float]) -> None:
+        import json
+
+        path.write_text(json.dumps({"t0": self.t0, **{k: v for k, v in metrics.items()
+                                                       if k.startswith("startup/")}}, indent=1))
+
     def table(self) -> str:
         rows = [f"  {name:24} {sec:7.1f} s" for name, sec in self.parts]
+        rows += [f"    ({who}: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")"
+                 for who, parts in self.details]
         return "start-up to step 0:\n" + "\n".join(rows) + f"\n  {'total':24} {self.last - self.t0:7.1f} s"
 
 
@@ -218,6 +235,8 @@ def build(cfg: DictConfig) -> Parts:
     clock.mark("learner_init")
     rollout.ready()
     clock.mark("engines_init")
+    clock.detail("learner rank 0", learner.startup_times())
+    clock.detail("engine 0", rollout.startup_times())
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
@@ -449,9 +468,14 @@ def perf_metrics(samples, items: list[TrainItem], rollout_s: float, learn_s: flo
 
 
 def cli() -> None:
+    import signal
+
     from cispo.config_check import check_or_exit
 
     check_or_exit(CONF_DIR, "config", sys.argv[1:])
+    # `timeout`, a scheduler or kill: exit through Python, so Ray's atexit shutdown stops this
+    # run's actors (and frees their GPU memory) instead of leaving them behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
 
 

@@ -59,6 +59,10 @@ class RolloutManager:
         """Block until every engine has loaded (raises the first engine's start-up error)."""
         ray.get([w.ready.remote() for w in self.workers])
 
+    def startup_times(self) -> dict[str, float]:
+        """Engine 0's start-up parts (load, warm-up), seconds."""
+        return ray.get(self.workers[0].startup_times.remote())
+
     @property
     def version(self) -> int:
         """How many weight syncs the workers have taken (0: the initial checkpoint)."""

@@ -17,15 +17,24 @@ class GenerationWorker:
     def __init__(self, engine: str, model_path: str, dtype: str, torch_threads: int,
                  trust_remote_code: bool = False, device: str = "cpu",
                  model_options: dict | None = None, engine_options: dict | None = None):
+        t0 = time.time()
         setup_actor(torch_threads)
         self.device = device
         self.engine = make_engine(engine, model_path, dtype, device, trust_remote_code, model_options,
                                   **(engine_options or {}))
+        self.init_times = {"engine": time.time() - t0}
+        if device.startswith("cuda"):  # compile the generation path's kernels before step 0
+            t0 = time.time()
+            self.engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]] * 2, 2, SamplingParams(4, seed=0), 0)
+            self.init_times["warm_up"] = time.time() - t0
 
         self.version = 0  # which weight sync this worker holds; 0 = the initial checkpoint
 
     def ready(self) -> int:
         return self.version
+
+    def startup_times(self) -> dict[str, float]:
+        return dict(self.init_times)
 
     def load_weights(self, weights: dict[str, torch.Tensor] | list, version: int) -> float:
         """A whole state dict, or a list of object-store refs of buckets (cispo.weight_sync),

@@ -126,9 +126,11 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         apply_fp32_head(model)
     if model.config.model_type == "minimax":
         if torch.cuda.is_available():
+            from cispo.models.fla_autotune import pin_fla_autotune
             from cispo.models.lightning import patch_lightning_attention
 
             patch_lightning_attention(model)  # CPU passes keep transformers' loop inside
+            pin_fla_autotune()  # a cold start compiles a few dozen kernels, not ~150
         else:  # packed rows on CPU: transformers' loop once per sequence
             from cispo.models.segmented import patch_segmented_lightning
 
