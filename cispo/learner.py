@@ -49,26 +49,34 @@ def _free_port() -> int:
 
 
 def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded [B, L] ids plus [B, L-1] response mask / targets aligned with logits[:, :-1]."""
-    width = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
+    """Right-padded [B, L] ids plus [B, L-1] response mask / targets aligned with logits[:, :-1].
+    Built with one tensor per field and index arithmetic, not per-row slices: a step's 1,024
+    rows would otherwise cost tens of milliseconds of Python here."""
     B = len(items)
+    plen = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
+    rlen = torch.tensor([len(it.response_ids) for it in items], dtype=torch.long)
+    lengths = plen + rlen
+    width = int(lengths.max())
     ids = torch.full((B, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, width), dtype=torch.long)
+    flat = torch.tensor([t for it in items for t in (*it.prompt_ids, *it.response_ids)], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(B), lengths)
+    cols = torch.arange(len(flat)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    ids[rows, cols] = flat
+    attn = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    # logits at position t predict token t+1: response token j sits at p+j, scored at p+j-1
+    rrows = torch.repeat_interleave(torch.arange(B), rlen)
+    rcols = (torch.arange(int(rlen.sum())) - torch.repeat_interleave(rlen.cumsum(0) - rlen, rlen)
+             + torch.repeat_interleave(plen - 1, rlen))
     mask = torch.zeros((B, width - 1))
+    mask[rrows, rcols] = 1.0
     rollout_lp = torch.zeros((B, width - 1))
+    rollout_lp[rrows, rcols] = torch.tensor([x for it, r in zip(items, rlen.tolist(), strict=True)
+                                             for x in it.rollout_logprobs[:r]], dtype=torch.float32)
     old = torch.zeros((B, width - 1))
-    adv = torch.zeros(B)
-    for i, it in enumerate(items):
-        seq = it.prompt_ids + it.response_ids
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attn[i, :len(seq)] = 1
-        p, r = len(it.prompt_ids), len(it.response_ids)
-        # logits at position t predict token t+1: response token j sits at p+j, scored at p+j-1
-        mask[i, p - 1:p - 1 + r] = 1.0
-        rollout_lp[i, p - 1:p - 1 + r] = torch.tensor(it.rollout_logprobs[:r])
-        if old_logprobs is not None:
-            old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
-        adv[i] = it.advantage
+    if old_logprobs is not None:
+        old[rrows, rcols] = torch.tensor([x for o, r in zip(old_logprobs, rlen.tolist(), strict=True)
+                                          for x in o[:r]], dtype=torch.float32)
+    adv = torch.tensor([float(it.advantage) for it in items], dtype=torch.float32)
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
            "old_logprobs": old, "advantages": adv}
     if any(it.routing is not None for it in items):
