@@ -14,7 +14,8 @@ The weight sync runs in the ROLLOUT phase (engines awake: an engine that keeps i
 the GPU while asleep, as vLLM's sleep mode does, must have them back before loading new ones).
 A checkpoint needs the learner's whole state: `learner_on_gpu()` brings it back for the save.
 Transitions are idempotent and only call what changes. With `active=False` (separate placement,
-or asynchronous generation, where rollout and learning overlap) every call does nothing.
+or asynchronous generation, where rollout and learning overlap) every call does nothing; with
+`sleep=False` (`rollout.sleep_while_training=false`) the engines keep their memory throughout.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import Any
 
 
 class GpuShare:
-    def __init__(self, learner: Any, rollout: Any, active: bool, offload: bool):
+    def __init__(self, learner: Any, rollout: Any, active: bool, offload: bool, sleep: bool = True):
         self.learner, self.rollout = learner, rollout
-        self.active, self.offload = active, offload and active
+        self.active, self.offload, self.sleep = active, offload and active, sleep and active
         # at start-up both are fully on the GPU (the learner just built, the engines just loaded)
         self.engines_awake = True
         self.learner_resident = True
@@ -46,7 +47,7 @@ class GpuShare:
         out: dict[str, float] = {}
         if not self.active:
             return out
-        if self.engines_awake:
+        if self.engines_awake and self.sleep:
             out["colocate/sleep_s"] = _timed(self.rollout.sleep)
             self.engines_awake = False
         if not self.learner_resident:

@@ -97,6 +97,10 @@ class RolloutConfig:
     # broadcast when separate, the Ray object store on CPU; or object_store | ipc | broadcast
     # (on CPU: ipc = shared-memory files, broadcast = gloo)
     sync_transport: str = "auto"
+    # parallel.placement=colocated: engines release their cache memory while the learner trains
+    # (Engine.sleep/wake). false keeps it (and the graph engine's captured graphs) across steps,
+    # for a GPU that holds both at once
+    sleep_while_training: bool = True
     # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
     # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.

@@ -252,7 +252,7 @@ def build(cfg: DictConfig) -> Parts:
         log.info("rollout.async_generation: engines and learner run at once, so neither sleeps "
                  "nor offloads (parallel.placement=colocated shares the GPU without taking turns)")
     share = GpuShare(learner, rollout, active=colocated and not R.async_generation,
-                     offload=L.offload_while_generating)
+                     offload=L.offload_while_generating, sleep=R.sleep_while_training)
     first = handover.sync()
     share.to_rollout()
     log.info("weights: %s (%s placement), %.0f MB in %d buckets, first sync %.3f s", handover.name,

@@ -150,3 +150,9 @@ def test_gpu_share_without_offload_keeps_the_learner_and_inactive_does_nothing()
     calls.clear()
     off = GpuShare(Recorder(calls, "learner"), Recorder(calls, "engines"), active=False, offload=True)
     assert off.to_train() == {} and off.to_rollout() == {} and calls == []
+    awake = GpuShare(Recorder(calls, "learner"), Recorder(calls, "engines"), active=True, offload=True,
+                     sleep=False)
+    for _ in range(2):
+        awake.to_train()
+        awake.to_rollout()
+    assert calls == ["learner.offload", "learner.reload", "learner.offload"]  # engines keep theirs
