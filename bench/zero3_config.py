@@ -2,7 +2,12 @@
 communication overlap, bf16, torch's AdamW with M1's betas and eps, and AutoEP when asked.
 
 A bench setting, not the learner's (cispo.learner.deepspeed_config builds that from the config
-keys): one micro-batch per step, a tiny learning rate (the weights barely move while timed)."""
+keys): one micro-batch per step, a tiny learning rate (the weights barely move while timed).
+The AutoEP block is the learner's own (`cispo.learner.autoep_config`, what
+`parallel.expert_parallel` turns on); `autoep` 1 keeps AutoEP's layers with all experts local,
+which the learner's `parallel.expert_parallel=1` (off) does not."""
+
+from cispo.learner import autoep_config
 
 
 def zero3_bench_config(autoep: int) -> dict:
@@ -13,6 +18,5 @@ def zero3_bench_config(autoep: int) -> dict:
                                                     "torch_adam": True}},
           "steps_per_print": 10**9}
     if autoep:
-        ds["expert_parallel"] = {"enabled": True, "autoep_size": autoep, "preset_model": "mixtral",
-                                 "moe_layer_pattern": r"model\.layers\.\d+\.mlp"}
+        ds["expert_parallel"] = autoep_config(autoep)
     return ds

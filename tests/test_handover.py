@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 @pytest.mark.parametrize("transport,placement", [("ipc", "colocated"), ("broadcast", "separate")])
 def test_engines_sample_the_learners_policy_after_each_sync(ray_local, tiny_model_path, transport, placement):
-    from cispo.config import LearnerConfig, ModelConfig, RolloutConfig
+    from cispo.config import LearnerConfig, ModelConfig, ParallelConfig, RolloutConfig
     from cispo.handover import make_handover
     from cispo.learner import LearnerGroup, TrainItem
     from cispo.models.build import load_tokenizer
@@ -26,8 +26,8 @@ def test_engines_sample_the_learners_policy_after_each_sync(ray_local, tiny_mode
                                               num_cpus_per_worker=1, sync_bucket_mb=0.05, max_restarts=2))
     layout = plan_layout(placement, 2, 1, 0, 2, 1, 0)
     where = reserve(layout, timeout_s=60)
-    learner = LearnerGroup(lcfg, OmegaConf.structured(ModelConfig), tiny_model_path, 8, 1.0,
-                           scheduling=where.learner, wait=False)
+    learner = LearnerGroup(lcfg, OmegaConf.structured(ParallelConfig), OmegaConf.structured(ModelConfig),
+                           tiny_model_path, 8, 1.0, scheduling=where.learner, wait=False)
     mgr = RolloutManager(rcfg, tiny_model_path, scheduling=where.engines, wait=False)
     learner.ready()
     mgr.ready()

@@ -29,6 +29,8 @@ class FP32LMHead(nn.Module):
         self.out_features, self.in_features = self.weight.shape
         # "ieee" (M1: TF32 off) or "3xtf32" for the chunked log-prob path (cispo.ops.chunked_logprobs)
         self.precision = "ieee"
+        # tokens per tile of the chunked log-prob op (parallel.head_chunk_tokens); None: its default
+        self.chunk_tokens: int | None = None
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
                 temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
@@ -38,7 +40,7 @@ class FP32LMHead(nn.Module):
             raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
                              "style LM head); call head(hidden) for full logits instead")
         return linear_token_logprobs(hidden, self.weight, tokens, temperature,
-                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens or self.chunk_tokens,
                                      precision=self.precision)
 
     def extra_repr(self) -> str:
