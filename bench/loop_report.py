@@ -17,7 +17,7 @@ from pathlib import Path
 
 STAGES = ["time/step_s", "time/rollout_s", "time/rollout_wait_s", "time/learn_s", "time/sync_s",
           "sync/seconds", "sync/load_s", "colocate/sleep_s", "colocate/wake_s", "colocate/offload_s",
-          "colocate/reload_s", "reward/time_s"]
+          "colocate/reload_s", "time/reward_s"]
 
 
 def _median(rows: list[dict], key: str) -> float | None:
@@ -48,7 +48,7 @@ def report(run_dir: Path, t0: float | None = None, label: str = "", warm_from: i
            "startup": {k.removeprefix("startup/"): v for k, v in first.items() if k.startswith("startup/")},
            "median": {k: _median(steady, k) for k in STAGES if _median(steady, k) is not None},
            "sync_bytes": first.get("sync/bytes"),
-           "samples_per_step": _median(steady, "response/length_mean"),
+           "response_length_median": _median(steady, "response/length_mean"),
            "learn_tokens_per_s": _median(steady, "perf/learn_tokens_per_s"),
            "reward_first20": _mean(rows[:20], "reward/mean"),
            "reward_last20": _mean(rows[-20:], "reward/mean"),
@@ -84,7 +84,8 @@ def table(r: dict) -> str:
     lines = [f"== {r['label']}: {r['steps']} steps, wall {r['wall_s']:.0f} s",
              f"  to step 0: start {r['to_step0_start_s']:.1f} s, done {r['to_step0_done_s']:.1f} s "
              f"(step 0 {r['step0_s']:.1f} s)",
-             f"  median step {f('time/step_s')} = rollout {f('time/rollout_s')} + learn {f('time/learn_s')} "
+             f"  median step {f('time/step_s')} = rollout {f('time/rollout_s')} (scoring "
+             f"{f('time/reward_s', 1e3, 'ms')}) + learn {f('time/learn_s')} "
              f"+ sync {f('time/sync_s', 1e3, 'ms')} (learner side {f('sync/seconds', 1e3, 'ms')}, "
              f"engine load {f('sync/load_s', 1e3, 'ms')})",
              f"  colocate: sleep {f('colocate/sleep_s', 1e3, 'ms')}, wake {f('colocate/wake_s', 1e3, 'ms')}, "
