@@ -93,6 +93,14 @@ class RolloutConfig:
     torch_threads: int = 1  # intra-op threads per worker on CPU
     # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
     sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
+    # how the weights travel (cispo.placement): auto = CUDA IPC when colocated on GPUs, NCCL
+    # broadcast when separate, the Ray object store on CPU; or object_store | ipc | broadcast
+    # (on CPU: ipc = shared-memory files, broadcast = gloo)
+    sync_transport: str = "auto"
+    # parallel.placement=colocated: engines release their cache memory while the learner trains
+    # (Engine.sleep/wake). false keeps it (and the graph engine's captured graphs) across steps,
+    # for a GPU that holds both at once
+    sleep_while_training: bool = True
     # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
     # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.
@@ -218,6 +226,10 @@ class LearnerConfig:
     head_precision: str = "ieee"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    # parallel.placement=colocated: move the optimizer state, FP32 master weights and gradients
+    # to host memory while the engines generate (and back before training), so a GPU too small
+    # for both still holds them in turn; costs two host<->GPU copies of that state per step
+    offload_while_generating: bool = False
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2
@@ -237,6 +249,9 @@ class LoggingConfig:
     wandb_project: str = "cispo"
     wandb_entity: str | None = None
     progress: bool = True  # rich progress bar on the terminal
+    # a step whose learner passes are profiled (torch.profiler, rank 0): the table of the
+    # heaviest ops goes to run_dir/profile_learn_step<N>.txt; null = none
+    profile_learn_step: int | None = None
 
 
 @dataclass
@@ -296,8 +311,8 @@ class ParallelConfig:
     # all of its share of the step (prompts_per_step x group_size / rollout.num_workers)
     rollout_concurrency: int = 0
     rollout_batched_tokens: int = 8192  # tokens per engine forward (vLLM max_num_batched_tokens)
-    # where the engines sit: "separate" (their own GPUs; weights cross by broadcast) or
-    # "colocated" (on the learner's GPUs, sleeping while it trains; issue 16 wires the hand-over)
+    # where the engines sit (cispo.placement): "separate" = GPUs of their own (weights by NCCL
+    # broadcast); "colocated" = on the learner's GPUs, taking turns with it (weights by CUDA IPC)
     placement: str = "separate"
 
 

@@ -97,6 +97,7 @@ def value_problems(cfg) -> list[str]:
             if value != off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
     problems += _size_problems(cfg)
+    problems += placement_problems(cfg)
     return problems
 
 
@@ -130,3 +131,19 @@ def _size_problems(cfg) -> list[str]:
         except ValueError as e:
             out.append(str(e))
     return out
+
+
+def placement_problems(cfg) -> list[str]:
+    """`parallel.placement` with the transport and resources asked for (cispo.placement)."""
+    from cispo.placement import choose_transport, plan_layout
+
+    R, L = cfg.rollout, cfg.learner
+    on_gpu = L.num_gpus_per_worker > 0 or R.num_gpus_per_worker > 0
+    try:
+        choose_transport(cfg.parallel.placement, on_gpu, R.sync_transport)
+        plan_layout(cfg.parallel.placement, L.num_workers, L.num_cpus_per_worker, L.num_gpus_per_worker,
+                    R.num_workers, R.num_cpus_per_worker, R.num_gpus_per_worker,
+                    cfg.parallel.rollout_tensor_parallel * cfg.parallel.rollout_pipeline_parallel)
+    except ValueError as e:
+        return [str(e)]
+    return []

@@ -65,11 +65,10 @@ def engine_gpus(cfg: Any) -> float:
 
 
 def gpus_needed(cfg: Any) -> float:
-    """GPUs the run's actors ask Ray for: the learner ranks, and the engines unless they sit on
-    the learner's GPUs (parallel.placement=colocated)."""
+    """GPUs the run's actors ask Ray for: the learner ranks' and the engines'. Colocated, both
+    ask for their fractions of the same GPUs (cispo.placement: one bundle of at most one GPU per
+    learner rank, its engines inside), so the sum is what Ray must have."""
     learner = cfg.learner.num_workers * cfg.learner.num_gpus_per_worker
-    if cfg.parallel.placement == "colocated":
-        return float(learner)
     return float(learner + cfg.rollout.num_workers * engine_gpus(cfg))
 
 

@@ -232,7 +232,7 @@ def test_m1_80k_names_the_sequence_parallel_size_it_needs():
 
 def test_colocated_engines_share_the_learner_gpus():
     sep = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
-                            "cluster.gpus_per_node=2"))
+                            "cluster.gpus_per_node=2", "parallel.placement=separate"))
     col = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
                             "cluster.gpus_per_node=2", "parallel.placement=colocated"))
     assert (sep["gpus"], col["gpus"]) == (2, 1) and col["rollout"]["placement"] == "colocated"

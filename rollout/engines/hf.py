@@ -56,6 +56,15 @@ class HFEngine:
         if (strict and set(missing) - tied) or unexpected:
             raise RuntimeError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+    def sleep(self) -> None:
+        """While a colocated learner trains: hand the memory this engine's last generation
+        cached (KV cache, lightning states, logits) back to the driver; the weights stay."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake(self) -> None:
+        """Nothing to re-take: the next generation allocates its cache as it goes."""
+
     def check_complete(self, names: set[str]) -> None:
         """After a bucketed sync: every parameter arrived (a tied head counts as its embedding)."""
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()

@@ -111,6 +111,9 @@ class VLLMEngine:
             self.llm.wake_up(tags=["weights"])  # load new weights before the KV cache returns
             self.llm.wake_up(tags=["kv_cache"])
 
+    def wake(self) -> None:  # the Engine protocol's name (rollout/engines/__init__.py)
+        self.wake_up()
+
 
 def _repetition_cut(toks: list[int], lps: list[float], reason: str,
                     params: SamplingParams) -> tuple[list[int], list[float], str]:
