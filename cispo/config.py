@@ -206,9 +206,10 @@ class LearnerConfig:
     expert_parallel_size: int = 0
     autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
     autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
-    # the FP32 head's products in the learner's log-prob pass: ieee (M1: TF32 off) or 3xtf32
-    # (three TF32 tensor-core products per FP32 product: ~2^-21 relative error, ~3x faster)
-    head_precision: str = "ieee"
+    # the FP32 head's log-prob pass: split_bf16 (fused Triton kernels, FP32-accurate from bf16
+    # tensor-core products; the IEEE path on CPU), ieee (torch, IEEE FP32, TF32 off: the
+    # reference, M1's FP32 head) or 3xtf32 (torch, three TF32 products per FP32 product)
+    head_precision: str = "split_bf16"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,

@@ -134,7 +134,7 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend)
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
-        from cispo.models.fp32_head import enable_token_scoring
+        from cispo.models.fp32_head import HEAD_PRECISIONS, FP32LMHead, enable_token_scoring
 
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
@@ -154,10 +154,13 @@ class LearnerWorker:
                                  "learner.micro_batch_tokens > 0")
             self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
-        if cfg.get("head_precision", "ieee") != "ieee":
-            if not hasattr(head, "precision"):
-                raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
-            head.precision = cfg["head_precision"]
+        precision = cfg.get("head_precision", "split_bf16")
+        if isinstance(head, FP32LMHead):
+            if precision not in HEAD_PRECISIONS:
+                raise ValueError(f"learner.head_precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
+            head.precision = precision
+        elif precision not in ("split_bf16", "ieee"):  # the defaults; anything else needs the FP32 head
+            raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
         self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
         self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
