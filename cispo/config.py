@@ -206,6 +206,9 @@ class LearnerConfig:
     expert_parallel_size: int = 0
     autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
     autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
+    # AutoEP's expert GEMMs: grouped_mm (torch._grouped_mm, gate and up apart: DeepSpeed's
+    # default), fused_gate_up (one grouped GEMM for both) or loop (one GEMM per expert)
+    grouped_mm_backend: str = "grouped_mm"
     # the FP32 head's log-prob pass: split_bf16 (fused Triton kernels, FP32-accurate from bf16
     # tensor-core products; the IEEE path on CPU), ieee (torch, IEEE FP32, TF32 off: the
     # reference, M1's FP32 head) or 3xtf32 (torch, three TF32 products per FP32 product)

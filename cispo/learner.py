@@ -79,10 +79,16 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
     return out
 
 
-def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
-    """The DeepSpeed config of the learner's keys (docs/configuration.md, `learner:`)."""
+def deepspeed_config(cfg: dict, n_micro: int, world_size: int, model: torch.nn.Module | None = None) -> dict:
+    """The DeepSpeed config of the learner's keys (docs/configuration.md, `learner:`). Given the
+    model, ZeRO-3's prefetch and bucket sizes come from its layer size and the plan's prefetch
+    depth (`cispo.models.speed.zero3_tuning`) instead of DeepSpeed's fixed defaults."""
     stage = cfg["zero_stage"]
     zero: dict[str, Any] = {"stage": stage}
+    if model is not None and stage == 3:
+        from cispo.models.speed import zero3_tuning
+
+        zero.update(zero3_tuning(model, cfg.get("prefetch_layers", 2), world_size))
     if cfg.get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if cfg.get("offload_params"):
@@ -98,7 +104,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         # torch's AdamW: no JIT-built fused/CPU Adam needed (also when the optimizer is offloaded)
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
-            "weight_decay": cfg["weight_decay"], "torch_adam": True}},
+            "weight_decay": cfg["weight_decay"], "torch_adam": True,
+            # on GPU torch's fused AdamW: one kernel per step instead of a dozen elementwise passes
+            **({"fused": True} if (cfg.get("num_gpus_per_worker", 0) > 0 and torch.cuda.is_available()
+                                   and not cfg.get("offload_optimizer")) else {})}},
         "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
         "steps_per_print": 10**9,
@@ -112,6 +121,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         # `mixtral` preset routes as MiniMax does (see docs/configuration.md).
         ds["expert_parallel"] = {"enabled": True, "autoep_size": ep, "preset_model": cfg["autoep_preset"],
                                  "moe_layer_pattern": cfg["autoep_layer_pattern"]}
+        if cfg.get("grouped_mm_backend"):  # the experts' GEMMs (cispo.models.speed, bench/moe.py)
+            from cispo.models.speed import autoep_grouped_mm
+
+            ds["expert_parallel"].update(autoep_grouped_mm(cfg["grouped_mm_backend"]))
     return ds
 
 
@@ -161,10 +174,14 @@ class LearnerWorker:
             head.precision = precision
         elif precision not in ("split_bf16", "ieee"):  # the defaults; anything else needs the FP32 head
             raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
+        if gpu and self.sp is None:  # varlen flash attention, fused RMSNorm (cispo.models.speed)
+            from cispo.models.speed import enable_fast_paths
+
+            enable_fast_paths(model, precision, cuda=True)
         self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
         self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=deepspeed_config(cfg, n_micro, world_size))
+                                               config=deepspeed_config(cfg, n_micro, world_size, model))
 
     def ready(self) -> int:
         return self.rank

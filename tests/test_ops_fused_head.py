@@ -151,13 +151,14 @@ def test_kernels_in_the_triton_interpreter_match_float64():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
 def test_gpu_fused_head_matches_float64(w_dtype):
-    """On the GPU, full-size tiles and a V that is not a multiple of the vocab tile: log-prob and
-    entropy within 1e-5 of float64, gradients within 1e-5 relative (FP32 hidden states so that
-    grad_h comes back in FP32; the bf16-hidden case is the learner's and is checked below)."""
-    h, w, tok = inputs(1000, 512, 50_000, torch.float32, w_dtype, "cuda")
+    """On the GPU, full-size tiles, several backward chunks and a V that is not a multiple of the
+    vocab tile: log-prob and entropy within 1e-5 of float64; grad W within 1e-5 relative when it
+    comes back in FP32 (FP32 weight), else within bf16 rounding; bf16 hidden states (what the
+    model emits: grad h comes back in bf16). FP32 hidden states: the interpreter test above."""
+    h, w, tok = inputs(1000, 512, 50_000, torch.bfloat16, w_dtype, "cuda")
     err = errors(h, w, tok, 0.7, chunk_tokens=384)
-    print(err)
-    assert_within_bound(err, ["grad_w"] if w_dtype == torch.bfloat16 else [])
+    print(w_dtype, err)
+    assert_within_bound(err, ["grad_h"] + (["grad_w"] if w_dtype == torch.bfloat16 else []))
 
 
 @pytest.mark.gpu

@@ -30,6 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# cache the row's boundaries on the tensor they come from (False: rebuild them in every layer, as
+# before issue 22; benchmarks switch it to compare)
+CACHE_CU_SEQLENS = True
+
+
 def _cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq_len: int, kwargs: dict):
     """The row's sequence boundaries (long), or None for one sequence / a padded batch. Cached on
     the tensor it comes from, so every layer (and the backward) passes fla the same object: its
@@ -38,6 +43,8 @@ def _cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq_len: int, kwa
     src = cu if cu is not None else position_ids
     if src is None:
         return None
+    if not CACHE_CU_SEQLENS:
+        return _derive_cu_seqlens(cu, position_ids, batch, seq_len)
     cached = getattr(src, "_cispo_cu_long", None)
     if cached is None:
         cached = _derive_cu_seqlens(cu, position_ids, batch, seq_len)
@@ -48,7 +55,7 @@ def _cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq_len: int, kwa
 def _cu_seqlens_cpu(cu: torch.Tensor | None) -> torch.Tensor | None:
     """A host copy of cu_seqlens (one sync per forward, cached): fla otherwise reads the lengths
     back from the GPU in every call."""
-    if cu is None or not cu.is_cuda:
+    if cu is None or not cu.is_cuda or not CACHE_CU_SEQLENS:
         return None
     cached = getattr(cu, "_cispo_cpu", None)
     if cached is None:

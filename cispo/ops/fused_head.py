@@ -160,7 +160,7 @@ if triton is not None:
         return r, c
 
     @triton.jit
-    def _fwd_kernel(H0, H1, H2, W0, W1, W2, TOK, PART, N, V, D, stride_h, stride_w, inv_temp,
+    def _head_fwd_kernel(H0, H1, H2, W0, W1, W2, TOK, PART, N, V, D, stride_h, stride_w, inv_temp,
                     n_vblocks, n_split,
                     NH: tl.constexpr, NW: tl.constexpr, ENTROPY: tl.constexpr, BT: tl.constexpr,
                     BV: tl.constexpr, BK: tl.constexpr, VB_PER: tl.constexpr, GROUP_T: tl.constexpr,
@@ -202,7 +202,7 @@ if triton is not None:
         tl.store(base + 3 * stride_part, picked, mask=rmask)
 
     @triton.jit
-    def _combine_kernel(PART, LP, LSE, ENT, N, n_split, ENTROPY: tl.constexpr, BLOCK: tl.constexpr):
+    def _head_combine_kernel(PART, LP, LSE, ENT, N, n_split, ENTROPY: tl.constexpr, BLOCK: tl.constexpr):
         """lse, log p of the target and entropy from the vocab splits' partials."""
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         rmask = rows < N
@@ -232,7 +232,7 @@ if triton is not None:
             tl.store(ENT + rows, log_s - t / s, mask=rmask)
 
     @triton.jit
-    def _bwd_kernel(H0, H1, H2, W0, W1, W2, TOK, LSE, ENT, GLP, GENT, G0, G1, N, V, D, stride_h,
+    def _head_bwd_kernel(H0, H1, H2, W0, W1, W2, TOK, LSE, ENT, GLP, GENT, G0, G1, N, V, D, stride_h,
                     stride_w, stride_g, inv_temp, row0,
                     NH: tl.constexpr, NW: tl.constexpr, ENT_GRAD: tl.constexpr, BT: tl.constexpr,
                     BV: tl.constexpr, BK: tl.constexpr, GROUP_T: tl.constexpr, F32DOT: tl.constexpr):
@@ -266,8 +266,14 @@ if triton is not None:
         tl.store(G1 + off, lo, mask=msk)
 
 
-def _config(kind: str) -> dict:
-    return dict(INTERPRET_CONFIG) if INTERPRET else dict(FWD_CONFIG if kind == "fwd" else BWD_CONFIG)
+def _config(kind: str, n_pieces: int = 2) -> dict:
+    if INTERPRET:
+        return dict(INTERPRET_CONFIG)
+    cfg = dict(FWD_CONFIG if kind == "fwd" else BWD_CONFIG)
+    # pipeline stages that fit shared memory: every stage holds a BK-wide slice of each piece
+    per_stage = (cfg["BT"] + cfg["BV"]) * cfg["BK"] * 2 * n_pieces / 2
+    cfg["num_stages"] = int(max(1, min(cfg["num_stages"], 180 * 1024 // per_stage)))
+    return cfg
 
 
 def _pointers(pieces: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -278,13 +284,13 @@ def _pointers(pieces: list[torch.Tensor]) -> list[torch.Tensor]:
 def _forward(h, w_pieces, h_pieces, tokens, inv_temp, with_entropy):
     n, d = h.shape
     vocab = w_pieces[0].shape[0]
-    cfg = _config("fwd")
+    cfg = _config("fwd", len(h_pieces) + len(w_pieces))
     bt, bv, vb_per = cfg["BT"], cfg["BV"], cfg["VB_PER"]
     n_vblocks = triton.cdiv(vocab, bv)
     n_split = triton.cdiv(n_vblocks, vb_per)
     part = torch.empty(4, n_split, n, dtype=torch.float32, device=h.device)
     grid = (triton.cdiv(n, bt) * n_split,)
-    _fwd_kernel[grid](*_pointers(h_pieces), *_pointers(w_pieces), tokens, part, n, vocab, d,
+    _head_fwd_kernel[grid](*_pointers(h_pieces), *_pointers(w_pieces), tokens, part, n, vocab, d,
                       h_pieces[0].stride(0), w_pieces[0].stride(0), inv_temp, n_vblocks, n_split,
                       NH=len(h_pieces), NW=len(w_pieces), ENTROPY=with_entropy, BT=bt, BV=bv,
                       BK=cfg["BK"], VB_PER=vb_per, GROUP_T=cfg["GROUP_T"], F32DOT=INTERPRET,
@@ -293,18 +299,60 @@ def _forward(h, w_pieces, h_pieces, tokens, inv_temp, with_entropy):
     lse = torch.empty_like(lp)
     ent = torch.empty_like(lp) if with_entropy else lse
     block = 64 if INTERPRET else 1024
-    _combine_kernel[(triton.cdiv(n, block),)](part, lp, lse, ent, n, n_split, ENTROPY=with_entropy,
+    _head_combine_kernel[(triton.cdiv(n, block),)](part, lp, lse, ent, n, n_split, ENTROPY=with_entropy,
                                               BLOCK=block)
     return lp, lse, (ent if with_entropy else None)
+
+
+# how _mm_acc adds bf16 products into FP32 on CUDA: "addmm_out_dtype" (cuBLAS, bf16 inputs, FP32
+# C with beta = 1), else "mm_out_dtype" (+ an FP32 add), else "fp32" (upcast, IEEE FP32: right
+# but slow). Settled by a small probe on the first CUDA call (checked for the right sum); benches
+# report it.
+MM_PATH: str | None = None
+
+
+def _mm_variants():
+    def addmm(out, a, b):
+        torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+
+    def mm(out, a, b):
+        out.add_(torch.mm(a, b, out_dtype=torch.float32))
+
+    def fp32(out, a, b):
+        from cispo.ops.fp32_matmul import no_tf32
+
+        with no_tf32():
+            out.addmm_(a.float(), b.float())
+
+    return {"addmm_out_dtype": addmm, "mm_out_dtype": mm, "fp32": fp32}
+
+
+def _probe_mm_path(device) -> str:
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(16, 32, device=device, generator=g).bfloat16()
+    b = torch.randn(32, 8, device=device, generator=g).bfloat16()
+    want = 1.0 + a.double() @ b.double()
+    for name, fn in _mm_variants().items():
+        try:
+            out = torch.ones(16, 8, device=device)
+            fn(out, a, b.T.contiguous().T)  # a transposed operand, as grad W's are
+            if torch.allclose(out.double(), want, rtol=1e-5, atol=1e-5):
+                return name
+        except (RuntimeError, TypeError, NotImplementedError):
+            continue
+    return "fp32"
 
 
 def _mm_acc(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """out += a @ b: bf16 inputs, FP32 products accumulated into the FP32 `out` (cuBLAS on CUDA;
     on CPU the same exact products in FP32)."""
-    if out.is_cuda:
-        torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-    else:
+    global MM_PATH
+    if not out.is_cuda:
         out.addmm_(a.float(), b.float())
+        return
+    if MM_PATH is None:
+        MM_PATH = _probe_mm_path(out.device)
+    _mm_variants()[MM_PATH](out, a, b)
 
 
 def _backward(h_pieces, w_pieces, tokens, lse, ent, g_lp, g_ent, inv_temp, need_h, need_w,
@@ -312,7 +360,7 @@ def _backward(h_pieces, w_pieces, tokens, lse, ent, g_lp, g_ent, inv_temp, need_
     n, d = h_pieces[0].shape
     vocab = w_pieces[0].shape[0]
     dev = h_pieces[0].device
-    cfg = _config("bwd")
+    cfg = _config("bwd", len(h_pieces) + len(w_pieces))
     bt, bv = cfg["BT"], cfg["BV"]
     # token chunk: the two bf16 gradient pieces of its logits fit GRAD_BUFFER_BYTES
     ct = chunk_tokens or max(bt, (GRAD_BUFFER_BYTES // (4 * vocab)) // bt * bt)
@@ -325,7 +373,7 @@ def _backward(h_pieces, w_pieces, tokens, lse, ent, g_lp, g_ent, inv_temp, need_
         rows = min(ct, n - a)
         g0, g1 = g[0, :rows], g[1, :rows]
         grid = (triton.cdiv(rows, bt) * triton.cdiv(vocab, bv),)
-        _bwd_kernel[grid](*_pointers(h_pieces), *_pointers(w_pieces), tokens, lse,
+        _head_bwd_kernel[grid](*_pointers(h_pieces), *_pointers(w_pieces), tokens, lse,
                           ent if ent_grad else lse, g_lp, g_ent if ent_grad else g_lp, g0, g1,
                           rows, vocab, d, h_pieces[0].stride(0), w_pieces[0].stride(0), g0.stride(0),
                           inv_temp, a, NH=len(h_pieces), NW=len(w_pieces), ENT_GRAD=ent_grad, BT=bt,
