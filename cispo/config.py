@@ -201,6 +201,10 @@ class LearnerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # with gradient_checkpointing: how many decoder layers recompute their activations in backward
+    # (-1: all; k: the k that hold the most, cispo.models.speed.checkpoint_layers). The plan's
+    # learner.checkpoint_layers_needed is the fewest that fit the GPU (selective checkpointing)
+    checkpoint_layers: int = -1
     # DeepSpeed AutoEP: MoE experts split over this many ranks (must divide num_workers and the
     # expert count); 0 = off (ZeRO shards the experts like any other weight)
     expert_parallel_size: int = 0

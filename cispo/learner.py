@@ -154,6 +154,10 @@ class LearnerWorker:
         self.pad_id = load_tokenizer(model_path).pad_token_id
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.get("checkpoint_layers", -1) >= 0:  # selective: only the layers the plan needs
+                from cispo.models.speed import checkpoint_layers
+
+                checkpoint_layers(model, cfg["checkpoint_layers"])
         model.config.use_cache = False
         enable_token_scoring(model)
         # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
