@@ -18,7 +18,8 @@ heads), 16 experts top-2, expert FFN 2048. m1slice = one M1 GPU's share: hidden 
 128 with 8 KV heads (M1's GQA), expert FFN 9216, M1's head (V = 200,064 × 6144), 4 layers (3
 lightning + 1 softmax, as the last pipeline stage of M1 holds a few layers and the head) and 4
 experts top-2 (the 4 local experts of 32 under 8-way expert parallelism: the same expert work per
-token as 32 top-2, which one GPU cannot hold with its optimizer state).
+token as 32 top-2, which one GPU cannot hold with its optimizer state); the input embedding is
+frozen (it lives on M1's first stage; here it would only add 1.2B parameters of optimizer state).
 
 One process builds the model and engine once and runs each case in `--cases` on it; a case sets
 the sequence lengths and the code paths, switched in place:
@@ -202,6 +203,10 @@ def step(engine, b, timed=True):
     engine.step()
 
 
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def throughput(a):
     cpu = a.device == "cpu"
     if cpu:
@@ -237,6 +242,10 @@ def throughput(a):
 
     model = build()
     n_params = sum(p.numel() for p in model.parameters())
+    if a.shape == "m1slice":
+        # the input embedding lives on M1's first pipeline stage, not on this one (the last: a
+        # few layers and the head); frozen here it costs no gradient or optimizer memory
+        model.get_input_embeddings().weight.requires_grad_(False)
     ds = zero3_bench_config(a.autoep, model=model, prefetch_layers=a.prefetch_layers,
                             grouped_mm_backend=a.grouped_mm_backend)
     if cpu:  # the smoke run: FP32 on CPU, torch's plain AdamW
@@ -244,7 +253,7 @@ def throughput(a):
         ds["optimizer"]["params"].pop("fused", None)
     autoep_note = "off"
     try:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=ds)
         autoep_note = f"autoep_size={a.autoep}" if a.autoep else "off"
     except Exception as e:  # noqa: BLE001 - record why AutoEP failed, then measure without it
         if not a.autoep:
@@ -252,7 +261,9 @@ def throughput(a):
         autoep_note = f"AutoEP failed ({type(e).__name__}: {str(e)[:200]}); ran without"
         ds.pop("expert_parallel")
         model = build()
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        if a.shape == "m1slice":
+            model.get_input_embeddings().weight.requires_grad_(False)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=ds)
     ep_layers = sum(type(m).__name__ == "AutoEPMoELayer" for m in engine.module.modules())
     setup_s = time.perf_counter() - t_start
     res = {"device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__, "shape": a.shape,
@@ -297,9 +308,14 @@ def throughput(a):
             try:
                 sync()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    t0 = time.perf_counter()
                     step(engine, b)
                     sync()
+                    wall = time.perf_counter() - t0
                 row["profile"] = profile_table(prof)
+                # GPU time summed over kernels vs the step's wall time: the gap is the GPU waiting
+                # on the host (Python, DeepSpeed's hooks, launches, syncs)
+                row["profile"]["wall_ms"] = wall * 1e3
             except Exception as e:  # noqa: BLE001 - a profiler problem must not lose the timings
                 row["profile_error"] = f"{type(e).__name__}: {e}"
         from cispo.ops import fused_head
@@ -320,7 +336,7 @@ def throughput(a):
         for name, r in res["cases"].items():
             if "profile" in r:
                 p = r["profile"]
-                print(f"{name}: GPU {p['gpu_ms']:.0f} ms, {p['launches']} launches: " + ", ".join(
+                print(f"{name}: GPU {p['gpu_ms']:.0f} of {p.get('wall_ms', 0):.0f} ms, {p['launches']} launches: " + ", ".join(
                     f"{k} {v['ms']:.0f} ms/{v['launches']}" for k, v in list(p["kinds"].items())[:7]))
 
 
