@@ -3,9 +3,14 @@ communication overlap, bf16, torch's AdamW with M1's betas and eps, and AutoEP w
 
 A bench setting, not the learner's (cispo.learner.deepspeed_config builds that from the config
 keys): one micro-batch per step, a tiny learning rate (the weights barely move while timed).
+The AutoEP block is the learner's own (`cispo.learner.autoep_config`, what
+`parallel.expert_parallel` turns on); `autoep` 1 keeps AutoEP's layers with all experts local,
+which the learner's `parallel.expert_parallel=1` (off) does not.
 Given the model, the ZeRO-3 bucket/prefetch sizes come from its layer size and the plan's
 prefetch depth (`cispo.models.speed.zero3_tuning`), as the learner's do, and AdamW runs as torch's
 fused (one kernel per parameter group instead of a dozen elementwise passes)."""
+
+from cispo.learner import autoep_config
 
 
 def zero3_bench_config(autoep: int, model=None, prefetch_layers: int = 2, world_size: int | None = None,
@@ -25,8 +30,7 @@ def zero3_bench_config(autoep: int, model=None, prefetch_layers: int = 2, world_
           "optimizer": {"type": "AdamW", "params": params},
           "steps_per_print": 10**9}
     if autoep:
-        ds["expert_parallel"] = {"enabled": True, "autoep_size": autoep, "preset_model": "mixtral",
-                                 "moe_layer_pattern": r"model\.layers\.\d+\.mlp"}
+        ds["expert_parallel"] = autoep_config(autoep)
         if grouped_mm_backend:
             from cispo.models.speed import autoep_grouped_mm
 

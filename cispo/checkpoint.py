@@ -2,27 +2,35 @@
 rank) and the trainer state (step, data position, RNG) in `run_dir/checkpoints/step_N/`.
 
 Everything else a step draws on is a function of the step index (generation seeds) or of the
-restored state, so a resumed run repeats the uninterrupted run's steps.
+restored state, so a resumed run repeats the uninterrupted run's steps. An async run's
+checkpoint also keeps the next step's rollout (`kept.pkl`): it was sampled with the weights
+before the checkpoint's, which no longer exist, so regenerating it would not repeat the run.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
 LATEST = "latest_step"
+KEPT = "kept.pkl"  # the next step's rollout of an async run (pickle: the run's own file)
 
 
-def save(learner, run_dir: str | Path, step: int, states: dict) -> Path:
-    """states: JSON-able trainer state besides the learner (data position, schedule, ...)."""
+def save(learner, run_dir: str | Path, step: int, states: dict, kept: Any = None) -> Path:
+    """states: JSON-able trainer state besides the learner (data position, schedule, ...);
+    kept: a picklable object to resume with (async generation: the next step's rollout)."""
     ckpt = Path(run_dir) / "checkpoints"
     tag = f"step_{step}"
     state = {"step": step, **states, "python_rng": _jsonable(random.getstate()),
              "torch_rng": torch.get_rng_state().tolist()}
     learner.save(str(ckpt), tag, {})
+    if kept is not None:
+        (ckpt / tag / KEPT).write_bytes(pickle.dumps(kept))
     (ckpt / tag / "trainer_state.json").write_text(json.dumps(state))
     (ckpt / LATEST).write_text(tag)  # written last: a checkpoint is complete once named here
     return ckpt / tag
@@ -44,6 +52,12 @@ def find(run_dir: str | Path, resume: str | None) -> Path | None:
 
 def read_state(path: Path) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def read_kept(path: Path) -> Any:
+    """What `save` was given as `kept`, or None."""
+    f = path / KEPT
+    return pickle.loads(f.read_bytes()) if f.exists() else None
 
 
 def restore(learner, path: Path, state: dict, stream) -> None:

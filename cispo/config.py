@@ -117,7 +117,8 @@ class SandboxConfig:
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"  # built by `python -m sandboxes.image build`
     num_workers: int = 2  # warm scoring workers (containers)
-    memory_mb: int = 512  # memory = memory+swap limit per worker
+    # memory = memory+swap limit per worker: MB (512), or Docker's size syntax (512m, 1g, 2GiB)
+    memory_mb: Any = 512
     cpus: float = 1.0  # CPU quota per worker
     pids_limit: int = 64
     verdict_timeout_s: float = 10.0  # wall clock per verdict; over it the worker is killed+replaced
@@ -153,7 +154,8 @@ class RewardConfig:
     # reward function as keyword arguments (and to its setup hook)
     options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 2  # worker processes for process-isolated rewards (killed at timeout_s)
-    worker_memory_mb: int = 8192  # address-space limit per worker process; 0 = none
+    # address-space limit per worker process: MB or Docker's size syntax (8g); 0 = none
+    worker_memory_mb: Any = 8192
     length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)
 
 
@@ -172,6 +174,9 @@ class AlgorithmConfig:
     # {dual_clip: 3.0} (ppo_clip); see docs/loss.md
     loss_options: dict[str, Any] = field(default_factory=dict)
     advantage: str = "group_norm"  # registry name (cispo.advantages)
+    # .py files whose @register_loss / @register_advantage functions are registered before the
+    # run starts, in the driver and in every learner rank (their text is sent to the ranks)
+    modules: list[str] = field(default_factory=list)
     advantage_eps: float = 1e-6  # added to the group std
     # DAPO's dynamic sampling (M1 uses it): drop groups whose rewards are all equal and refill
     # with new prompts, up to max_sampling_rounds generation rounds per step
@@ -190,10 +195,8 @@ class LearnerConfig:
     num_workers: int = 1  # DeepSpeed ranks (Ray actors)
     zero_stage: int = 3
     backend: str = "auto"  # auto: nccl with GPUs, gloo on CPU
-    micro_batch_size: int = 64  # sequences per forward/backward (rows, when not packing)
-    # >0: pack sequences back to back into micro-batches of at most this many tokens (no
-    # padding; attention restarts at each sequence); 0: micro_batch_size padded rows
-    micro_batch_tokens: int = 0
+    # sequences per forward/backward when parallel.micro_batch_tokens is 0 (padded rows)
+    micro_batch_size: int = 64
     lr: float = 1e-6  # M1 report does not publish its LR; 1e-6 is common for 7B-30B RL
     beta1: float = 0.9  # M1: AdamW betas (0.9, 0.95)
     beta2: float = 0.95
@@ -205,9 +208,8 @@ class LearnerConfig:
     # (-1: all; k: the k that hold the most, cispo.models.speed.checkpoint_layers). The plan's
     # learner.checkpoint_layers_needed is the fewest that fit the GPU (selective checkpointing)
     checkpoint_layers: int = -1
-    # DeepSpeed AutoEP: MoE experts split over this many ranks (must divide num_workers and the
-    # expert count); 0 = off (ZeRO shards the experts like any other weight)
-    expert_parallel_size: int = 0
+    # DeepSpeed AutoEP (with parallel.expert_parallel > 1): its routing preset and the regex of
+    # the MoE blocks it replaces
     autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
     autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
     # AutoEP's expert GEMMs: grouped_mm (torch._grouped_mm, gate and up apart: DeepSpeed's
@@ -219,9 +221,6 @@ class LearnerConfig:
     head_precision: str = "split_bf16"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
-    # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
-    # K/V all-gather for softmax layers); must divide num_workers; 1 = off
-    sequence_parallel_size: int = 1
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2
@@ -271,23 +270,40 @@ class ClusterConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the learner and the engines split the model; the planner sizes memory from it."""
+    """The run's parallel layout, set here and nowhere else: the learner builds its rank groups
+    from it (cispo.layout), the engines their model-parallel groups, and the planner
+    (`plan=true`) sizes memory from the same keys. docs/design.md (parallel layout)."""
 
-    expert_parallel: int = 1  # learner ranks sharing one layer's experts (M1: EP, report 3.x)
-    sequence_parallel: int = 1  # learner ranks sharing one sequence (M1: LASP+ / ring attention)
-    # tokens in one learner micro-batch (all its ranks' sequence-parallel shards together);
-    # 0 = learner.micro_batch_size x (data.max_prompt_tokens + rollout.max_new_tokens)
-    tokens_per_micro_batch: int = 0
-    # tokens per chunk of the FP32 LM head's logits; 0 = the whole micro-batch at once
-    # (what the learner does today)
+    # learner ranks sharing one MoE layer's experts: DeepSpeed AutoEP splits each layer's experts
+    # over them (must divide learner.num_workers and the expert count); 1 = off (ZeRO-3 shards
+    # the experts like any other weight). M1 trains with expert parallelism (report 3.x)
+    expert_parallel: int = 1
+    # learner ranks sharing one packed sequence (cispo.seqpar: LASP+ lightning state combine,
+    # K/V all-gather for softmax layers); must divide learner.num_workers and needs
+    # micro_batch_tokens > 0; 1 = off
+    sequence_parallel: int = 1
+    # >0: the learner packs sequences back to back (no padding; attention restarts at each
+    # sequence) into micro-batches of at most this many tokens, all of a sequence-parallel
+    # group's shards together; must hold the longest sequence. 0: learner.micro_batch_size
+    # padded rows (the planner then counts micro_batch_size x the longest sequence)
+    micro_batch_tokens: int = 0
+    # tokens per chunk of the learner's FP32 LM-head log-prob op (the fused op's backward chunk;
+    # the torch ops' tile); 0 = the op's default (fused: 2 GiB of bf16 logit gradients; torch:
+    # 2^25 logits); the planner then assumes the whole micro-batch
     head_chunk_tokens: int = 0
-    prefetch_layers: int = 2  # ZeRO-3 layers gathered at once: current + prefetched (our choice)
+    # ZeRO-3's working set: layers gathered at once (current + prefetched); the planner counts
+    # it and the learner sizes DeepSpeed's prefetch/bucket sizes from it
+    # (cispo.models.speed.zero3_tuning) (our choice)
+    prefetch_layers: int = 2
     rollout_tensor_parallel: int = 1  # GPUs per engine in one tensor-parallel group
     rollout_pipeline_parallel: int = 1  # pipeline stages per engine (engine GPUs = tp x pp)
-    # sequences one engine holds in flight (KV cache / lightning state); 0 = all of its share of
-    # the step (prompts_per_step x group_size / rollout.num_workers)
+    # sequences one engine holds in flight (KV cache / lightning state; vLLM max_num_seqs); 0 =
+    # all of its share of the step (prompts_per_step x group_size / rollout.num_workers)
     rollout_concurrency: int = 0
     rollout_batched_tokens: int = 8192  # tokens per engine forward (vLLM max_num_batched_tokens)
+    # where the engines sit: "separate" (their own GPUs; weights cross by broadcast) or
+    # "colocated" (on the learner's GPUs, sleeping while it trains; issue 16 wires the hand-over)
+    placement: str = "separate"
 
 
 @dataclass

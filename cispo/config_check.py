@@ -44,6 +44,11 @@ def valid_keys(dotted: str) -> tuple[str, list[str]]:
     return ".".join(parent), sorted(str(k) for k in node.keys())
 
 
+def _declared(dotted: str) -> bool:
+    parent, keys = valid_keys(dotted)
+    return parent == ".".join(dotted.split(".")[:-1]) and dotted.split(".")[-1] in keys
+
+
 def explain(dotted: str) -> str:
     parent, keys = valid_keys(dotted)
     leaf = dotted.split(".")[len(parent.split(".")) if parent else 0]
@@ -64,8 +69,10 @@ def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> None:
             compose(config_name, overrides=overrides)
     except Exception as exc:  # hydra wraps omegaconf's errors in several layers
         key = _unknown_key(exc)
-        if key is None:
-            return  # some other problem: let Hydra report it in its own words
+        if key is None or _declared(key.lstrip("+~")):
+            # some other problem (e.g. setting keys in an empty dict without `+`): let Hydra
+            # report it in its own words
+            return
         print(explain(key.lstrip("+~")), file=sys.stderr)
         sys.exit(2)
 
@@ -73,15 +80,57 @@ def check_or_exit(conf_dir: Path, config_name: str, argv: list[str]) -> None:
 def value_problems(cfg) -> list[str]:
     """Settings that are each valid but cannot work together; checked before any worker starts,
     so the user reads one line instead of a traceback from inside a Ray actor after generation."""
-    problems = []
-    L = cfg.learner
+    from cispo.layout import layout_problems
+
+    P = cfg.parallel
+    problems = layout_problems(cfg.learner.num_workers, P)
     longest = cfg.data.max_prompt_tokens + max([cfg.rollout.max_new_tokens, *cfg.schedule.windows])
-    if L.micro_batch_tokens and L.micro_batch_tokens < longest:
-        problems.append(f"learner.micro_batch_tokens={L.micro_batch_tokens} is smaller than the longest "
+    if P.micro_batch_tokens > 0 and P.micro_batch_tokens < longest:
+        problems.append(f"parallel.micro_batch_tokens={P.micro_batch_tokens} is smaller than the longest "
                         f"sequence the run can produce ({longest} = data.max_prompt_tokens + the largest "
                         f"output window): raise it to at least {longest}")
-    if L.sequence_parallel_size > 1 and not L.micro_batch_tokens:
-        problems.append("learner.sequence_parallel_size > 1 splits packed rows: set learner.micro_batch_tokens")
-    if cfg.rollout.routing_replay and L.micro_batch_tokens:
-        problems.append("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+    if cfg.rollout.routing_replay and P.micro_batch_tokens:
+        problems.append("rollout.routing_replay replays padded rows only: set parallel.micro_batch_tokens=0")
+    from cispo.models.fp32_head import HEAD_PRECISIONS
+
+    if cfg.learner.head_precision not in HEAD_PRECISIONS:
+        problems.append(f"learner.head_precision={cfg.learner.head_precision}: use one of {', '.join(HEAD_PRECISIONS)}")
+    if not cfg.model.fp32_lm_head:  # the defaults (split_bf16, and ieee) mean nothing without it
+        for key, value, off in (("parallel.head_chunk_tokens", P.head_chunk_tokens, (0,)),
+                                ("learner.head_precision", cfg.learner.head_precision, ("split_bf16", "ieee"))):
+            if value not in off:
+                problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
+    problems += _size_problems(cfg)
     return problems
+
+
+def resource_problems(cfg, gpus_available: float, where: str) -> list[str]:
+    """The run asks Ray for more GPUs than `where` has: one line instead of actors that wait
+    for resources forever."""
+    from cispo.planner import engine_gpus, gpus_needed
+
+    need = gpus_needed(cfg)
+    if need <= gpus_available:
+        return []
+    L, R = cfg.learner, cfg.rollout
+    engines = ("on the learner's GPUs" if cfg.parallel.placement == "colocated"
+               else f"{R.num_workers} engines x {engine_gpus(cfg):g}")
+    fix = ("join the cluster: start Ray on it (launch/: SLURM, KubeRay) and pass ray.address=auto"
+           if not cfg.ray.address else "add GPU nodes or lower learner.num_workers / rollout.num_workers")
+    return [f"this run needs {need:g} GPUs (learner: {L.num_workers} ranks x {L.num_gpus_per_worker:g}; "
+            f"engines: {engines}); {where} has {gpus_available:g}: {fix}. "
+            f"`plan=true` shows where everything goes"]
+
+
+def _size_problems(cfg) -> list[str]:
+    """Memory sizes that do not parse (MB, or Docker's syntax: sandboxes.sizes)."""
+    from sandboxes.sizes import memory_mb
+
+    out = []
+    for key, value in (("sandbox.memory_mb", cfg.sandbox.memory_mb),
+                       ("reward.worker_memory_mb", cfg.reward.worker_memory_mb)):
+        try:
+            memory_mb(value, key)
+        except ValueError as e:
+            out.append(str(e))
+    return out

@@ -125,7 +125,8 @@ class PromptStream:
         return out
 
     def metrics(self) -> dict[str, float]:
-        return {}
+        """`data/epoch`: epochs of the prompts drawn so far (1.5 = half-way through the second)."""
+        return {"data/epoch": self.epoch + self.pos / len(self._order)}
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}

@@ -77,9 +77,11 @@ class MixedStream:
                 for q in self.streams[name].next_batch(k)]
 
     def metrics(self) -> dict[str, float]:
-        """`data/mix_<source>`: the share of the last batch drawn from each source."""
+        """`data/mix_<source>`: the share of the last batch drawn from each source;
+        `data/epoch_<source>`: epochs of that source's prompts drawn so far."""
         total = sum(self.last_counts.values()) or 1
-        return {f"data/mix_{name}": k / total for name, k in sorted(self.last_counts.items())}
+        return {**{f"data/mix_{name}": k / total for name, k in sorted(self.last_counts.items())},
+                **{f"data/epoch_{name}": s.metrics()["data/epoch"] for name, s in sorted(self.streams.items())}}
 
     def state(self) -> dict:
         return {name: s.state() for name, s in self.streams.items()}

@@ -8,12 +8,14 @@ Per step the driver calls, on every rank at once (ZeRO-3 collectives need all ra
 Every rank runs the same number of micro-batches (short shards are padded with fully-masked
 micro-batches), because each ZeRO-3 forward all-gathers parameters across ranks.
 
-Micro-batches are either `micro_batch_size` right-padded rows (`micro_batch_tokens: 0`) or, with
-`micro_batch_tokens > 0`, sequences packed back to back into one row of at most that many tokens
-(`cispo.packing`); the ranks agree on the largest micro-batch count with one all-reduce.
-Log-probs come from `model(..., targets=...)` (`cispo.models.fp32_head.enable_token_scoring`):
-the chunked FP32 head, never [T, V] logits. AutoEP (`expert_parallel_size`) swaps the MoE blocks
-for DeepSpeed's expert-parallel layers.
+The rank layout comes from the `parallel` config group (`cispo.layout`, the same function the
+planner plans with). Micro-batches are either `learner.micro_batch_size` right-padded rows
+(`parallel.micro_batch_tokens: 0`) or sequences packed back to back into one row of at most
+`parallel.micro_batch_tokens` tokens (`cispo.packing`); the ranks agree on the largest
+micro-batch count with one all-reduce. Log-probs come from `model(..., targets=...)`
+(`cispo.models.fp32_head.enable_token_scoring`): the chunked FP32 head, never [T, V] logits.
+AutoEP (`parallel.expert_parallel > 1`) swaps the MoE blocks for DeepSpeed's expert-parallel
+layers; `parallel.sequence_parallel > 1` splits each packed row over a group of ranks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import ray
 import torch
 
+from cispo.layout import RankLayout, learner_layout
 from cispo.models.process import actor_env, setup_actor
 from cispo.packing import pack, plan_micro_batches
 
@@ -79,10 +82,30 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
     return out
 
 
+def worker_config(learner: Any, parallel: Any, model: Any) -> dict:
+    """The plain dict every LearnerWorker builds from: the `learner` keys, the layout keys of
+    `parallel` (checked by `cispo.layout`) and the model's dtype and head settings."""
+    lay = learner_layout(learner, parallel)
+    return {**_plain(learner), "expert_parallel": lay.expert_parallel,
+            "sequence_parallel": lay.sequence_parallel, "micro_batch_tokens": lay.micro_batch_tokens,
+            "head_chunk_tokens": parallel.head_chunk_tokens, "prefetch_layers": parallel.prefetch_layers, "dtype": model.dtype,
+            "trust_remote_code": model.trust_remote_code, "fp32_lm_head": model.fp32_lm_head,
+            "rotary_dim": model.rotary_dim}
+
+
+def autoep_config(size: int, preset: str = "mixtral", pattern: str = r"model\.layers\.\d+\.mlp") -> dict:
+    """DeepSpeed's `expert_parallel` block: AutoEP replaces each module matching `pattern`
+    (transformers' MiniMaxSparseMoeBlock) with an expert-parallel layer, router replicated,
+    experts split over `size` ranks. Its `mixtral` preset routes as MiniMax does (see
+    docs/configuration.md)."""
+    return {"enabled": True, "autoep_size": size, "preset_model": preset, "moe_layer_pattern": pattern}
+
+
 def deepspeed_config(cfg: dict, n_micro: int, world_size: int, model: torch.nn.Module | None = None) -> dict:
-    """The DeepSpeed config of the learner's keys (docs/configuration.md, `learner:`). Given the
-    model, ZeRO-3's prefetch and bucket sizes come from its layer size and the plan's prefetch
-    depth (`cispo.models.speed.zero3_tuning`) instead of DeepSpeed's fixed defaults."""
+    """The DeepSpeed config of a `worker_config` dict (docs/configuration.md, `learner:` and
+    `parallel:`). Given the model, ZeRO-3's prefetch and bucket sizes come from its layer size and
+    the plan's `parallel.prefetch_layers` (`cispo.models.speed.zero3_tuning`) instead of
+    DeepSpeed's fixed defaults."""
     stage = cfg["zero_stage"]
     zero: dict[str, Any] = {"stage": stage}
     if model is not None and stage == 3:
@@ -112,15 +135,11 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int, model: torch.nn.M
         "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
         "steps_per_print": 10**9,
     }
-    ep = cfg.get("expert_parallel_size", 0)
-    if ep:
+    ep = cfg.get("expert_parallel", 1)
+    if ep > 1:
         if world_size % ep:
-            raise ValueError(f"learner.expert_parallel_size={ep} must divide learner.num_workers={world_size}")
-        # AutoEP replaces each module matching the pattern (transformers' MiniMaxSparseMoeBlock)
-        # with an expert-parallel layer: router replicated, experts split over `ep` ranks. Its
-        # `mixtral` preset routes as MiniMax does (see docs/configuration.md).
-        ds["expert_parallel"] = {"enabled": True, "autoep_size": ep, "preset_model": cfg["autoep_preset"],
-                                 "moe_layer_pattern": cfg["autoep_layer_pattern"]}
+            raise ValueError(f"parallel.expert_parallel={ep} must divide learner.num_workers={world_size}")
+        ds["expert_parallel"] = autoep_config(ep, cfg["autoep_preset"], cfg["autoep_layer_pattern"])
         if cfg.get("grouped_mm_backend"):  # the experts' GEMMs (cispo.models.speed, bench/moe.py)
             from cispo.models.speed import autoep_grouped_mm
 
@@ -138,6 +157,10 @@ class LearnerWorker:
         if not gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         setup_actor(cfg["torch_threads"])
+        from cispo.user_modules import load_source
+
+        for name, source, path in cfg.get("modules", []):  # algorithm.modules: users' losses
+            load_source(name, source, path)
         import deepspeed
 
         from cispo.models.build import load_model, load_tokenizer
@@ -161,14 +184,11 @@ class LearnerWorker:
         model.config.use_cache = False
         enable_token_scoring(model)
         # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
-        self.sp_size = cfg.get("sequence_parallel_size", 1)
+        self.sp_size = cfg["sequence_parallel"]  # checked by cispo.layout: packed rows only
         self.sp = None
         if self.sp_size > 1:
             from cispo import seqpar
 
-            if not cfg.get("micro_batch_tokens", 0):
-                raise ValueError("learner.sequence_parallel_size > 1 splits packed rows: set "
-                                 "learner.micro_batch_tokens > 0")
             self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
         precision = cfg.get("head_precision", "split_bf16")
@@ -176,14 +196,18 @@ class LearnerWorker:
             if precision not in HEAD_PRECISIONS:
                 raise ValueError(f"learner.head_precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
             head.precision = precision
-        elif precision not in ("split_bf16", "ieee"):  # the defaults; anything else needs the FP32 head
-            raise ValueError("learner.head_precision applies to the FP32 head (model.fp32_lm_head=true)")
+            if cfg.get("head_chunk_tokens", 0):  # parallel.head_chunk_tokens
+                head.chunk_tokens = cfg["head_chunk_tokens"]
+        else:  # the defaults are fine without the FP32 head; anything else needs it
+            for key, allowed in (("head_precision", ("split_bf16", "ieee")), ("head_chunk_tokens", (0,))):
+                if cfg.get(key, allowed[0]) not in allowed:
+                    raise ValueError(f"{key}={cfg[key]} applies to the FP32 head (model.fp32_lm_head=true)")
         if gpu and self.sp is None:  # varlen flash attention, fused RMSNorm (cispo.models.speed)
             from cispo.models.speed import enable_fast_paths
 
             enable_fast_paths(model, precision, cuda=True)
-        self.micro_batch_tokens = cfg.get("micro_batch_tokens", 0)
-        self.expert_parallel_size = cfg.get("expert_parallel_size", 0)
+        self.micro_batch_tokens = cfg["micro_batch_tokens"]
+        self.expert_parallel = cfg["expert_parallel"]
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=deepspeed_config(cfg, n_micro, world_size, model))
 
@@ -243,7 +267,7 @@ class LearnerWorker:
         dev = self.engine.device
         packed = batch.get("packed")
         if packed is not None and batch.get("routing") is not None:
-            raise ValueError("rollout.routing_replay replays padded rows only: set learner.micro_batch_tokens=0")
+            raise ValueError("rollout.routing_replay replays padded rows only: set parallel.micro_batch_tokens=0")
         if packed is not None and self.sp is not None:  # this rank's chunk of the row
             from cispo import seqpar
 
@@ -349,7 +373,7 @@ class LearnerWorker:
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights (CPU, the model's own parameter names) on rank 0, None elsewhere; call on
         all ranks together."""
-        if self.zero_stage == 3 and self.expert_parallel_size:
+        if self.zero_stage == 3 and self.expert_parallel > 1:
             sd = self._gather_autoep_state_dict()
         elif self.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()
@@ -361,20 +385,39 @@ class LearnerWorker:
 
     def _gather_autoep_state_dict(self) -> dict[str, torch.Tensor]:
         """ZeRO-3 + AutoEP: DeepSpeed refuses its consolidated export (expert tensors are
-        partitioned over expert groups), so gather each parameter here and map AutoEP's layers
-        back to transformers' layout: router.gate.weight → gate.weight, and per layer the
-        experts of all EP ranks (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I])
-        → experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
-        experts.down_proj [E, H, I]."""
-        import deepspeed.comm as dist
+        partitioned over expert groups), so gather each parameter here (`full_tensors`) and add
+        the persistent buffers."""
         from deepspeed.runtime.zero import GatheredParameters
+
+        def weights(p: torch.nn.Parameter) -> torch.Tensor:
+            with GatheredParameters([p], modifier_rank=None):
+                return p.data.detach().to("cpu", copy=True)
+
+        full = self.full_tensors(weights)
+        module = self.engine.module
+        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
+            for bname, b in owner.named_buffers(recurse=False):
+                name = f"{owner_name}.{bname}" if owner_name else bname
+                if bname in owner._non_persistent_buffers_set or type(owner).__name__ == "AutoEPMoELayer":
+                    continue
+                full[name] = b.detach().to("cpu", copy=True)
+        return full
+
+    def full_tensors(self, fetch) -> dict[str, torch.Tensor]:
+        """Every parameter's whole tensor (CPU) in transformers' names and layout; `fetch(p)` gives
+        p's tensor gathered over its ZeRO partition group, a copy the caller may keep (its weights,
+        or its reduced gradient: `deepspeed.utils.safe_get_full_grad`). AutoEP's layers are mapped back: each layer's
+        experts are gathered over the expert group, router.gate.weight → gate.weight, and
+        (w1 = gate, w3 = up: [E_local, I, H]; w2 = down: [E_local, H, I]) →
+        experts.gate_up_proj [E, 2I, H] (gate rows first, as transformers chunks it) and
+        experts.down_proj [E, H, I]. Call on all ranks together (collectives)."""
+        import deepspeed.comm as dist
 
         module = self.engine.module
         ep_layers = {name: m for name, m in module.named_modules() if type(m).__name__ == "AutoEPMoELayer"}
         full: dict[str, torch.Tensor] = {}
         for name, p in module.named_parameters():
-            with GatheredParameters([p], modifier_rank=None):
-                t = p.data.detach().to("cpu", copy=True)
+            t = fetch(p).detach().to("cpu")
             owner, _, leaf = name.rpartition(".")
             layer_name = owner.removesuffix(".experts")
             if owner.endswith(".experts") and layer_name in ep_layers:
@@ -384,12 +427,6 @@ class LearnerWorker:
                 dist.all_gather(parts, local, group=group)
                 t = torch.cat([x.to("cpu") for x in parts], dim=0)
             full[name] = t
-        for owner_name, owner in module.named_modules():  # persistent buffers, as state_dict()
-            for bname, b in owner.named_buffers(recurse=False):
-                name = f"{owner_name}.{bname}" if owner_name else bname
-                if bname in owner._non_persistent_buffers_set or owner_name in ep_layers:
-                    continue
-                full[name] = b.detach().to("cpu", copy=True)
         for prefix in ep_layers:
             full[f"{prefix}.gate.weight"] = full.pop(f"{prefix}.router.gate.weight")
             w1, w2, w3 = (full.pop(f"{prefix}.experts.{w}") for w in ("w1", "w2", "w3"))
@@ -404,7 +441,7 @@ class LearnerWorker:
 
         from cispo.weight_sync import plan_buckets, sync_stats, to_object_store
 
-        if self.zero_stage == 3 and self.expert_parallel_size:
+        if self.zero_stage == 3 and self.expert_parallel > 1:
             # AutoEP's layers hold experts in their own layout, split over expert groups: the
             # engines need transformers' names, so rank 0 gathers the whole model once and
             # buckets that (the per-bucket gather bound does not hold with AutoEP yet)
@@ -434,19 +471,23 @@ class LearnerWorker:
             self.engine.module.save_pretrained(out_dir, state_dict=sd)
 
 
+def micro_batches_per_step(learner: Any, samples_per_minibatch: int) -> int:
+    """Padded-row micro-batches per rank and optimizer step (DeepSpeed's accumulation steps)."""
+    per_rank = -(-samples_per_minibatch // learner.num_workers)
+    return max(1, -(-per_rank // learner.micro_batch_size))
+
+
 class LearnerGroup:
-    def __init__(self, cfg: Any, model_cfg: Any, model_path: str, samples_per_minibatch: int,
-                 temperature: float):
-        self.W = cfg.num_workers
-        self.sp = cfg.get("sequence_parallel_size", 1)  # ranks r .. r+sp-1 share every item
-        if self.sp < 1 or self.W % self.sp:
-            raise ValueError(f"learner.sequence_parallel_size={self.sp} must divide "
-                             f"learner.num_workers={self.W}")
-        per_rank = -(-samples_per_minibatch // self.W)
-        self.n_micro = max(1, -(-per_rank // cfg.micro_batch_size))
+    def __init__(self, cfg: Any, parallel: Any, model_cfg: Any, model_path: str,
+                 samples_per_minibatch: int, temperature: float, modules: list | tuple = ()):
+        """`cfg`: the `learner` config group, `parallel`: the `parallel` group (the layout);
+        `modules`: users' loss files as (module name, source, path) (`cispo.user_modules.read`),
+        imported by every rank before it builds its engine."""
+        wcfg = {**worker_config(cfg, parallel, model_cfg), "modules": [list(m) for m in modules]}
+        self.layout: RankLayout = learner_layout(cfg, parallel)
+        self.W, self.sp = self.layout.ranks, self.layout.sequence_parallel
+        self.n_micro = micro_batches_per_step(cfg, samples_per_minibatch)
         port = cfg.master_port or _free_port()
-        wcfg = {**_plain(cfg), "dtype": model_cfg.dtype, "trust_remote_code": model_cfg.trust_remote_code,
-                "fp32_lm_head": model_cfg.fp32_lm_head, "rotary_dim": model_cfg.rotary_dim}
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         self.workers = [LearnerWorker.options(**opts).remote(r, self.W, port, model_path, wcfg,
@@ -456,9 +497,7 @@ class LearnerGroup:
 
     def _shards(self, items: list) -> list[list]:
         """Each data-parallel group's share, given to every rank of its sequence-parallel group."""
-        dp = self.W // self.sp
-        per = -(-len(items) // dp)
-        return [items[(r // self.sp) * per:(r // self.sp + 1) * per] for r in range(self.W)]
+        return self.layout.shards(items)
 
     def _leaders(self, parts: list) -> list:
         """One result per sequence-parallel group (its ranks return the same items)."""

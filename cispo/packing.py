@@ -116,7 +116,7 @@ def plan_micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]
     too_long = [n for n in lengths if n > token_budget]
     if too_long:
         raise ValueError(f"a sequence of {max(too_long)} tokens exceeds the micro-batch token budget "
-                         f"{token_budget} (learner.micro_batch_tokens); raise the budget to at least the "
+                         f"{token_budget} (parallel.micro_batch_tokens); raise the budget to at least the "
                          "longest prompt + response")
     bins: list[list[int]] = []
     room: list[int] = []

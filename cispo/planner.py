@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cispo.layout import learner_layout
 from cispo.planner_memory import (
     DTYPE_BYTES,
     GIB,
@@ -25,6 +26,7 @@ from cispo.planner_memory import (
     learner_terms,
 )
 from cispo.planner_model import PlanError, param_counts, resolve_config, shape_of
+from sandboxes.sizes import memory_mb
 
 # What to change when a term is the largest one on a GPU that does not fit.
 ADVICE = {
@@ -32,12 +34,12 @@ ADVICE = {
     "grads": "more learner ranks (learner.num_workers) or learner.zero_stage>=2",
     "optimizer": "more learner ranks (learner.num_workers) or learner.zero_stage>=1",
     "gathered_layers": "raise parallel.expert_parallel or lower parallel.prefetch_layers",
-    "checkpoints": "raise learner.sequence_parallel_size or lower parallel.tokens_per_micro_batch",
-    "layer_recompute": ("set learner.gradient_checkpointing=true, raise learner.sequence_parallel_size "
-                        "or lower parallel.tokens_per_micro_batch"),
-    "sp_buffers": "lower parallel.tokens_per_micro_batch (the gathered K/V hold the whole micro-batch)",
+    "checkpoints": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
+    "layer_recompute": ("set learner.gradient_checkpointing=true, raise parallel.sequence_parallel "
+                        "or lower parallel.micro_batch_tokens"),
+    "sp_buffers": "lower parallel.micro_batch_tokens (the gathered K/V hold the whole micro-batch)",
     "head_weight": "more learner ranks cannot help (the head is gathered whole): use a smaller vocab or model",
-    "head_hidden": "raise learner.sequence_parallel_size or lower parallel.tokens_per_micro_batch",
+    "head_hidden": "raise parallel.sequence_parallel or lower parallel.micro_batch_tokens",
     "head_chunk": "set parallel.head_chunk_tokens lower (e.g. 2048)",
     "weights": "raise parallel.rollout_tensor_parallel or parallel.rollout_pipeline_parallel",
     "kv_cache": "lower parallel.rollout_concurrency or the window (rollout.max_new_tokens / schedule.windows)",
@@ -60,6 +62,15 @@ def engine_gpus(cfg: Any) -> float:
         return 0.0
     tp_pp = par.rollout_tensor_parallel * par.rollout_pipeline_parallel
     return float(tp_pp) if tp_pp > 1 else float(r.num_gpus_per_worker)
+
+
+def gpus_needed(cfg: Any) -> float:
+    """GPUs the run's actors ask Ray for: the learner ranks, and the engines unless they sit on
+    the learner's GPUs (parallel.placement=colocated)."""
+    learner = cfg.learner.num_workers * cfg.learner.num_gpus_per_worker
+    if cfg.parallel.placement == "colocated":
+        return float(learner)
+    return float(learner + cfg.rollout.num_workers * engine_gpus(cfg))
 
 
 def place(gpus: int, jobs: list[tuple[str, float]]) -> tuple[list[list[str]], list[str]]:
@@ -90,16 +101,6 @@ def place(gpus: int, jobs: list[tuple[str, float]]) -> tuple[list[list[str]], li
     return used, problems
 
 
-def sequence_parallel_size(cfg: Any) -> int:
-    """The learner's sequence-parallel size: `learner.sequence_parallel_size` (what the learner
-    runs), or `parallel.sequence_parallel` for configs that only set the planner's older key."""
-    own, old = cfg.learner.get("sequence_parallel_size", 1), cfg.parallel.sequence_parallel
-    if own > 1 and old > 1 and own != old:
-        raise PlanError(f"learner.sequence_parallel_size={own} and parallel.sequence_parallel={old} "
-                        f"disagree: set learner.sequence_parallel_size only")
-    return own if own > 1 else old
-
-
 def smallest_fitting_sp(shape, counts, lay: LearnerLayout, reserve: float, budget: float) -> int | None:
     """The smallest sequence-parallel size (a divisor of the ranks, at most the ranks) at which
     one learner rank fits `budget` bytes, with everything else as configured; None if none does."""
@@ -123,6 +124,35 @@ def fewest_checkpoint_layers(shape, counts, lay: LearnerLayout, reserve: float, 
     return None
 
 
+def colocate(occupants: list[list[str]], engines: list[tuple[str, float]]) -> list[str]:
+    """parallel.placement=colocated: the engines go onto the learner's GPUs, in order, each GPU
+    taking one engine's share (an engine sleeps while the learner trains). Returns problems."""
+    learner_gpus = [i for i, occ in enumerate(occupants) if any(o.startswith("learner") for o in occ)]
+    need = sum(math.ceil(g) for _, g in engines)
+    if need > len(learner_gpus):
+        return [f"parallel.placement=colocated puts the engines on the learner's GPUs: they need "
+                f"{need} GPUs, the learner has {len(learner_gpus)}; lower rollout.num_workers or "
+                f"use parallel.placement=separate"]
+    slots = iter(learner_gpus)
+    for name, g in engines:
+        for _ in range(math.ceil(g)):
+            occupants[next(slots)].append(name)
+    return []
+
+
+def gpu_bytes(occupants: list[str], l_terms: dict[str, float], e_terms: dict[str, float]) -> float:
+    """One GPU's peak. A learner rank and an engine on one GPU (colocated) take turns: while the
+    learner trains the engine sleeps but keeps its weights; while the engine generates the
+    learner keeps its parameters, gradients and optimizer state. One reserve counts once."""
+    n_l = sum(o.startswith("learner") for o in occupants)
+    n_e = len(occupants) - n_l
+    l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
+    if n_l and n_e:
+        resident = sum(l_terms.get(k, 0.0) for k in ("params", "grads", "optimizer"))
+        return max(l_bytes + e_terms["weights"], e_bytes + resident) - e_terms.get("reserve", 0.0)
+    return n_l * l_bytes + n_e * e_bytes
+
+
 def _gib(terms: dict[str, float]) -> dict[str, float]:
     return {k: round(v / GIB, 3) for k, v in terms.items()}
 
@@ -134,21 +164,21 @@ def build_plan(cfg: Any) -> dict:
     counts = param_counts(shape)
     b = DTYPE_BYTES[cfg.model.dtype]
     seq = seq_tokens(cfg)
-    if P.tokens_per_micro_batch and P.tokens_per_micro_batch < seq:
-        raise PlanError(f"parallel.tokens_per_micro_batch={P.tokens_per_micro_batch} cannot hold "
+    if P.micro_batch_tokens and P.micro_batch_tokens < seq:
+        raise PlanError(f"parallel.micro_batch_tokens={P.micro_batch_tokens} cannot hold "
                         f"one sequence of {seq} tokens (data.max_prompt_tokens + the largest "
                         f"window): raise it to at least {seq}")
-    sp = sequence_parallel_size(cfg)
-    if L.num_workers % sp or L.num_workers % P.expert_parallel:
-        raise PlanError(f"learner.num_workers={L.num_workers} must be a multiple of the "
-                        f"sequence-parallel size {sp} (learner.sequence_parallel_size) and "
-                        f"parallel.expert_parallel={P.expert_parallel}")
-    if shape.experts % P.expert_parallel and P.expert_parallel % shape.experts:
-        raise PlanError(f"parallel.expert_parallel={P.expert_parallel} does not divide the "
+    try:  # the layout the learner builds (LearnerGroup calls the same function)
+        ranks = learner_layout(L, P)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    sp = ranks.sequence_parallel
+    if shape.experts % ranks.expert_parallel and ranks.expert_parallel % shape.experts:
+        raise PlanError(f"parallel.expert_parallel={ranks.expert_parallel} does not divide the "
                         f"model's {shape.experts} experts")
     lay = LearnerLayout(ranks=L.num_workers, zero_stage=L.zero_stage, dtype_bytes=b,
-                        expert_parallel=P.expert_parallel, sequence_parallel=sp,
-                        tokens_per_micro_batch=P.tokens_per_micro_batch or L.micro_batch_size * seq,
+                        expert_parallel=ranks.expert_parallel, sequence_parallel=sp,
+                        tokens_per_micro_batch=ranks.micro_batch_tokens or L.micro_batch_size * seq,
                         head_chunk_tokens=P.head_chunk_tokens,
                         checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers,
                         checkpoint_layers=L.get("checkpoint_layers", -1))
@@ -168,12 +198,16 @@ def build_plan(cfg: Any) -> dict:
         problems.append(f"parallel.rollout_tensor_parallel={P.rollout_tensor_parallel} spans "
                         f"nodes ({C.gpus_per_node} GPUs each): keep tensor parallelism inside a "
                         f"node and add parallel.rollout_pipeline_parallel stages instead")
-    jobs = ([(f"learner{i}", float(L.num_gpus_per_worker)) for i in range(L.num_workers)]
-            + [(f"engine{i}", engine_gpus(cfg)) for i in range(R.num_workers)])
-    occupants, placement_problems = place(gpus, jobs) if on_gpu else ([], [])
+    colocated = P.placement == "colocated"
+    learner_jobs = [(f"learner{i}", float(L.num_gpus_per_worker)) for i in range(L.num_workers)]
+    engine_jobs = [(f"engine{i}", engine_gpus(cfg)) for i in range(R.num_workers)]
+    occupants, placement_problems = (place(gpus, learner_jobs + ([] if colocated else engine_jobs))
+                                     if on_gpu else ([], []))
+    if on_gpu and colocated:
+        placement_problems += colocate(occupants, engine_jobs)
     problems += placement_problems
     l_bytes, e_bytes = sum(l_terms.values()), sum(e_terms.values())
-    per_gpu = [sum(l_bytes if o.startswith("learner") else e_bytes for o in occ) for occ in occupants]
+    per_gpu = [gpu_bytes(occ, l_terms, e_terms) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
     needed_sp = smallest_fitting_sp(shape, counts, lay, reserve, budget) if on_gpu else None
     needed_ckpt = fewest_checkpoint_layers(shape, counts, lay, reserve, budget) if on_gpu else None
@@ -197,7 +231,7 @@ def build_plan(cfg: Any) -> dict:
         if sandbox_cpus > have_cpus:
             problems.append(f"sandboxes need {sandbox_cpus:g} CPUs (sandbox.num_workers x "
                             f"sandbox.cpus), the CPU nodes have {have_cpus}: add cluster.cpu_nodes")
-        if S.num_workers * S.memory_mb / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
+        if S.num_workers * memory_mb(S.memory_mb) / 1024 > C.cpu_nodes * C.cpu_node_memory_gib:
             problems.append("sandboxes need more memory than the CPU nodes have: add "
                             "cluster.cpu_nodes or lower sandbox.memory_mb")
     else:
@@ -211,24 +245,26 @@ def build_plan(cfg: Any) -> dict:
                   "active_params": counts.active, "shape": shape.as_dict(),
                   "counts": counts.as_dict()},
         "learner": {"ranks": L.num_workers, "gpus": sum(1 for o in occupants if any(x.startswith("learner") for x in o)),
-                    "zero_stage": L.zero_stage, "expert_parallel": P.expert_parallel,
+                    "zero_stage": L.zero_stage, "expert_parallel": ranks.expert_parallel,
                     "sequence_parallel": sp,
+                    "micro_batch_tokens": ranks.micro_batch_tokens,  # 0: padded rows
                     # the smallest size at which a learner rank fits cluster.gpu_memory_gib
                     "sequence_parallel_needed": needed_sp,
                     # selective checkpointing: the fewest layers to recompute so a rank fits
                     # (learner.checkpoint_layers; None: not even all of them)
                     "checkpoint_layers_needed": needed_ckpt,
-                    "data_parallel": L.num_workers // sp,
+                    "data_parallel": ranks.data_parallel,
                     "tokens_per_rank": lay.tokens_per_micro_batch / sp,
                     "per_gpu_memory_gib": round(l_bytes / GIB, 3), "terms_gib": _gib(l_terms)},
         "rollout": {"engines": R.num_workers, "tensor_parallel": P.rollout_tensor_parallel,
                     "pipeline_parallel": P.rollout_pipeline_parallel,
-                    "gpus_per_engine": engine_gpus(cfg), "sequence_tokens": seq,
+                    "gpus_per_engine": engine_gpus(cfg), "placement": P.placement,
+                    "sequence_tokens": seq,
                     "concurrency_per_engine": concurrency, "sequences_per_step": sequences,
                     "waves_per_step": -(-sequences // (concurrency * R.num_workers)),
                     "per_gpu_memory_gib": round(e_bytes / GIB, 3), "terms_gib": _gib(e_terms)},
         "sandbox": {"containers": S.num_workers, "cpus": sandbox_cpus,
-                    "memory_gib": round(S.num_workers * S.memory_mb / 1024, 3),
+                    "memory_gib": round(S.num_workers * memory_mb(S.memory_mb) / 1024, 3),
                     "placed_on": where, "available_cpus": have_cpus},
         "max_gpu_memory_gib": round(max(per_gpu, default=0.0) / GIB, 3),
         "gpu_memory_gib": C.gpu_memory_gib if on_gpu else None,

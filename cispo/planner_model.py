@@ -1,7 +1,7 @@
 """The model's shape and parameter counts, from its config alone (no weights, no GPU).
 
 `resolve_config(model_cfg)` finds the HF config a run will load: the built-in tiny model, a local
-directory, the MiniMax-M1 shape (DESIGN.md §1) for the M1 hub ids (no hub access needed), or a
+directory, the MiniMax-M1 shape (docs/design.md §1) for the M1 hub ids (no hub access needed), or a
 hub id already in the local HF cache. `shape_of(config)` reduces it to the numbers the planner's
 arithmetic uses, and `param_counts(shape)` counts parameters the way transformers lays them out
 for `MiniMaxForCausalLM` (tests compare with instantiated models).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# MiniMax-M1 / MiniMax-Text-01 (DESIGN.md §1, the M1 report §2 and the released config.json):
+# MiniMax-M1 / MiniMax-Text-01 (docs/design.md §1: the M1 report and the released config.json):
 # 80 layers, hidden 6144, 64 heads x 128, 8 KV heads in the softmax layers, one softmax layer
 # after every 7 lightning layers, 32 experts top-2, expert FFN 9216, vocab 200,064,
 # RoPE theta 1e7, lightning block 256, untied output head.

@@ -21,12 +21,13 @@ import ray
 import torch
 from omegaconf import DictConfig
 
-from cispo import checkpoint, data, sampling
-from cispo.advantages import compute_advantages, zero_variance_fraction
+from cispo import checkpoint, data, sampling, user_modules
+from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
 from cispo.config import as_dict
-from cispo.config_check import value_problems
+from cispo.config_check import resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
 from cispo.learner import LearnerGroup, TrainItem
+from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger
 from cispo.planner import run_plan
@@ -37,6 +38,7 @@ from sandboxes.engine import DockerUnavailable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("cispo.train")
+NODES_WAIT_S = 600.0  # a joined cluster's nodes may still be starting (KubeRay pods)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -48,7 +50,9 @@ def main(cfg: DictConfig) -> None:
     # async: the rollout of step k+1 runs in a thread (Ray calls + reward scoring) while the
     # learner trains on step k; it samples from the weights synced before step k's update.
     ahead = ThreadPoolExecutor(1, "rollout") if cfg.rollout.async_generation else None
-    pending = ahead.submit(rollout_step, p, cfg, p.start) if ahead and p.start < total else None
+    pending = None
+    if ahead and p.start < total:  # resumed: the rollout the checkpoint kept, else a new one
+        pending = done(p.resumed) if p.resumed else ahead.submit(rollout_step, p, cfg, p.start)
     with Progress(total, p.start, cfg.logging.progress) as bar:
         for step in range(p.start, total):
             t0 = time.monotonic()
@@ -72,7 +76,7 @@ def main(cfg: DictConfig) -> None:
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
                 apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
-                       **stage_metrics, **p.stream.metrics(), **sync_metrics,
+                       **stage_metrics, **ro.data_metrics, **sync_metrics,
                        **sample_metrics(samples, rewards, valid, G),
                        "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": ro.seconds,
                        "time/rollout_wait_s": t_wait,
@@ -84,7 +88,8 @@ def main(cfg: DictConfig) -> None:
             p.logger.log(step, metrics)
             bar.update(step, metrics)
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                checkpoint.save(p.learner, p.run_dir, step + 1, states(p))
+                next_ro = pending.result() if pending is not None else None  # done: waited above
+                checkpoint.save(p.learner, p.run_dir, step + 1, states(p, next_ro), kept(p, next_ro))
     if ahead is not None:
         ahead.shutdown()
     finish(cfg, p)
@@ -102,6 +107,7 @@ class Parts:
     rollout: RolloutManager
     logger: RunLogger
     schedule: WindowSchedule
+    resumed: Rollout | None = None  # async resume: step `start`'s rollout, from the checkpoint
 
 
 @dataclass
@@ -113,16 +119,20 @@ class Rollout:
     reward_metrics: dict
     seconds: float
     version: int  # the weight sync the engines held while sampling
+    data_before: dict  # the prompt stream's position before this rollout drew its prompts
+    data_after: dict  # ... and after
+    data_metrics: dict  # the stream's metrics for these prompts (epoch, mix shares)
 
 
 def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
     """Prompts → G responses each → rewards (with dynamic sampling's refills)."""
-    t0, version, rounds = time.monotonic(), p.rollout.version, []
+    t0, version, rounds, before = time.monotonic(), p.rollout.version, [], p.stream.state()
     groups, metrics = sampling.collect(
         cfg.rollout.prompts_per_step, partial(p.stream.next_batch, step=step), partial(generate, p, step),
         partial(score, p, cfg, rounds), cfg.rollout.group_size, cfg.algorithm.dynamic_sampling,
         cfg.algorithm.max_sampling_rounds)
-    return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version)
+    return Rollout(groups, metrics, merge_rounds(rounds), time.monotonic() - t0, version, before,
+                   p.stream.state(), p.stream.metrics())
 
 
 def sync(learner: LearnerGroup, rollout: RolloutManager, cfg: DictConfig) -> dict[str, float]:
@@ -138,6 +148,8 @@ def build(cfg: DictConfig) -> Parts:
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
     if problems := value_problems(cfg):
         sys.exit("config: " + "\nconfig: ".join(problems))
+    modules = algorithm_modules(cfg.algorithm)  # users' losses: here, and in every learner rank
+    start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
     run_dir = Path(cfg.run_dir)
     ckpt = checkpoint.find(run_dir, cfg.resume)
     state = checkpoint.read_state(ckpt) if ckpt else {}
@@ -156,25 +168,49 @@ def build(cfg: DictConfig) -> Parts:
     if state.get("schedule"):
         sched.load_state_dict(state["schedule"])
     apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
-    start_ray(cfg)
     per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
-    learner = LearnerGroup(cfg.learner, cfg.model, model_path, per_minibatch, cfg.rollout.temperature)
+    learner = LearnerGroup(cfg.learner, cfg.parallel, cfg.model, model_path, per_minibatch,
+                           cfg.rollout.temperature, modules)
+    resumed = None
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
+        if cfg.rollout.async_generation and (resumed := checkpoint.read_kept(ckpt)):
+            stream.load_state(resumed["rollout"].data_after)  # its prompts are drawn already
     rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
-                             (cfg.parallel.rollout_tensor_parallel, cfg.parallel.rollout_pipeline_parallel))
+                             cfg.parallel)
     if cfg.rollout.async_generation and cfg.algorithm.old_logprobs != "rollout":
         # one step off-policy: π_old must be the policy that sampled (the engine's log-probs);
         # the learner's recomputation would be the current policy, one update newer
         log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
         cfg.algorithm.old_logprobs = "rollout"
     sync(learner, rollout, cfg)
+    if resumed:  # sampled `behind` syncs before the checkpoint's weights, as in the killed run
+        resumed["rollout"].version = rollout.version - resumed["behind"]
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
-    return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched)
+    return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched,
+                 resumed and resumed["rollout"])
+
+
+def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
+    """Import `algorithm.modules` (users' @register_loss / @register_advantage files) and check
+    that `algorithm.loss` and `algorithm.advantage` name registered functions. Returns the files
+    as (module name, source, path) for the learner ranks, which import them too."""
+    try:
+        mods = user_modules.read(list(A.modules), "cispo_user_algorithm", "algorithm.modules")
+    except FileNotFoundError as e:
+        sys.exit(f"config: {e}")
+    for m in mods:
+        user_modules.load_source(*m)
+    for key, name, registry in (("loss", A.loss, LOSSES), ("advantage", A.advantage, ADVANTAGES)):
+        if name not in registry:
+            sys.exit(f"config: algorithm.{key}={name!r} is not registered (registered: "
+                     f"{', '.join(sorted(registry))}); a {key} of your own goes in a file listed "
+                     f"in algorithm.modules")
+    return mods
 
 
 def make_stream(cfg: DictConfig, tokenizer):
@@ -241,9 +277,24 @@ def merge_minibatch_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: (float("nan") if math.isinf(v) else v) for k, v in out.items()}  # inf: no tokens
 
 
-def states(p: Parts) -> dict:
-    """What a checkpoint keeps besides the learner: data position and window schedule."""
-    return {"data": p.stream.state(), "schedule": p.schedule.state_dict()}
+def states(p: Parts, next_ro: Rollout | None = None) -> dict:
+    """What a checkpoint keeps besides the learner: the position after the prompts consumed so
+    far, and the window schedule. With async generation the next step's rollout has already
+    drawn its prompts (`next_ro`); they are not consumed yet, so the position is the one before."""
+    data = next_ro.data_before if next_ro is not None else p.stream.state()
+    return {"data": data, "schedule": p.schedule.state_dict()}
+
+
+def kept(p: Parts, next_ro: Rollout | None) -> dict | None:
+    """The next step's finished rollout, for an exact async resume: it was sampled with weights
+    one sync older than the checkpoint's, which the checkpoint does not hold."""
+    return None if next_ro is None else {"rollout": next_ro, "behind": p.rollout.version - next_ro.version}
+
+
+def done(result) -> futures.Future:
+    f: futures.Future = futures.Future()
+    f.set_result(result)
+    return f
 
 
 def finish(cfg: DictConfig, p: Parts) -> None:
@@ -282,15 +333,23 @@ def summary(run_dir: Path) -> str:
 
 
 def start_ray(cfg: DictConfig) -> None:
-    if ray.is_initialized():
-        return
-    if cfg.ray.address:
+    """Join the cluster (`ray.address`) or start a local Ray sized for the run's actors; exit
+    with what is missing if Ray lacks the GPUs they ask for (they would wait forever)."""
+    if not ray.is_initialized() and not cfg.ray.address:  # check before starting anything
+        if problems := resource_problems(cfg, torch.cuda.device_count(), "this machine (local Ray)"):
+            sys.exit("resources: " + problems[0])
+        r, lr = cfg.rollout, cfg.learner
+        need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker
+        ray.init(num_cpus=cfg.ray.num_cpus or max(int(need + 0.999), 1), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    elif not ray.is_initialized():
         ray.init(address=cfg.ray.address, log_to_driver=True)
-        return
-    r, lr = cfg.rollout, cfg.learner
-    need = r.num_workers * r.num_cpus_per_worker + lr.num_workers * lr.num_cpus_per_worker
-    ray.init(num_cpus=cfg.ray.num_cpus or max(int(need + 0.999), 1), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    deadline = time.monotonic() + (NODES_WAIT_S if cfg.ray.address else 0)
+    while problems := resource_problems(cfg, ray.cluster_resources().get("GPU", 0), "the Ray cluster"):
+        if time.monotonic() >= deadline:
+            sys.exit("resources: " + problems[0])
+        log.info("waiting for nodes to join: %s", problems[0])
+        time.sleep(10)
 
 
 def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:

@@ -49,7 +49,7 @@ def parse_test_cases(tests: Any) -> list[tuple[str, str]]:
 
 @reward("code", isolation="thread")
 def code_reward(completion: str, reference: Any = None, tests: Any = None, mode: str = "fraction",
-                checker: str = "exact", case_timeout_s: float = 5.0, memory_mb: int = 512,
+                checker: str = "exact", case_timeout_s: float = 5.0, memory_mb: int | str = 512,
                 backend: str = "docker", image: str | None = None) -> dict[str, float] | None:
     if mode not in MODES:
         raise ValueError(f"reward.options.code.mode={mode!r}: use one of {MODES}")

@@ -19,7 +19,14 @@ tests/test_rewards_math.py:
   content alone is not accepted.
 - **plain numbers** (integers, decimals, fractions of integers) compare exactly on the host:
   `\\frac{3}{4}` = `0.75` = `3/4`; a non-integer within 1e-5 (relative) of the reference but
-  not equal goes to math-verify (its rounding decides `0.333333` vs `\\frac13`).
+  not equal goes to the sandbox, where a bare decimal may be the other value rounded.
+- **exact values** are decided exactly in the sandbox too (sandboxes/servers/
+  math_verdict_server.py patches math-verify's float comparisons): `2^{-2000}` ≠ `3^{-2000}`,
+  `\\frac{1}{1000!}` ≠ `\\frac{1}{1001!}`, `\\pi + 10^{-30}` ≠ `\\pi`.
+- **decimal approximations**: a bare decimal equals a value it correctly rounds at its last
+  digit when it shows at least 6 decimals and 6 significant digits: `0.333333` = `\\frac13`,
+  `1.414214` = `\\sqrt2`; `0.5000001` ≠ `\\frac12`, `0.000000` ≠ `e^{-1000}`. A decimal inside
+  a larger expression is the exact fraction it spells (`1.5\\sqrt2` = `\\frac{3\\sqrt2}{2}`).
 - **length**: an answer longer than `MAX_ANSWER_CHARS` scores 0 without parsing.
 """
 
@@ -38,7 +45,8 @@ _CHOICE = re.compile(r"^\(?([A-E])\)?(?=$|[\s.:)])")
 _RATIONAL = re.compile(  # 12, -3.75, 3/4, \frac{3}{4}, -\dfrac{-3}{4}: at most 30 digits a part
     r"^(-?)(?:(\d{1,30}(?:\.\d{1,30})?)|(\d{1,30})/(\d{1,30})|"
     r"\\[dt]?frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}|\\[dt]?frac(\d)(\d))$")
-# relative gap under which math-verify's rounding (6 decimals) may call two numbers equal
+# relative gap under which a decimal may be the other number rounded (the sandbox's rule, at
+# least 6 decimals: a gap of at most 5e-7) — wider ones are decided here
 CLOSE = Fraction(1, 100_000)
 
 
@@ -111,7 +119,7 @@ def quick_verdict(gold: str, answer: str) -> bool | None:
         return choice_letter(answer) == choice_letter(gold)
     g, a = normalize(gold), normalize(answer)
     # Plain numbers, the bulk of math RL answers, compare exactly here; only non-integers
-    # within 1e-5 of the reference (where math-verify's rounding may call them equal) go on.
+    # within 1e-5 of the reference (where one may be the other rounded) go on.
     x, y = as_rational(g), as_rational(a)
     if x is not None and y is not None:
         if x == y:

@@ -16,9 +16,8 @@ The decorator returns the function unchanged, so a reward can be unit-tested by 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,28 +117,6 @@ def load_module(path: str | Path) -> str:
     The module gets a stable name derived from the resolved path, so a worker process that loads
     the same path can unpickle references to its functions. Returns that module name.
     """
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise FileNotFoundError(f"reward module {str(path)!r} not found (resolved to {p}); "
-                                "reward.modules takes paths to .py files")
-    name = f"{USER_MODULE_PREFIX}_{_slug(p)}"  # no dot: no parent package to import
-    if name in sys.modules:
-        return name
-    spec = importlib.util.spec_from_file_location(name, p)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"reward module {p} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return name
+    from cispo.user_modules import load_file
 
-
-def _slug(p: Path) -> str:
-    import hashlib
-
-    stem = "".join(c if c.isalnum() else "_" for c in p.stem)
-    return f"{stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+    return load_file(path, USER_MODULE_PREFIX, "reward.modules (a reward module)")

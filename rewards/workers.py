@@ -172,8 +172,11 @@ class ProcessWorker:
 class ProcessPool:
     """`size` warm workers shared by the manager's threads; a killed worker is replaced."""
 
-    def __init__(self, size: int, modules: list[str], memory_mb: int = 0):
-        self.modules, self.memory_mb = list(modules), memory_mb
+    def __init__(self, size: int, modules: list[str], memory_mb: int | str = 0):
+        from sandboxes.sizes import memory_mb as to_mb
+
+        # MB or Docker's size syntax ("8g"); 0 = no limit
+        self.modules, self.memory_mb = list(modules), to_mb(memory_mb, "reward.worker_memory_mb")
         self._idle: queue.Queue[ProcessWorker | None] = queue.Queue()
         self._lock = threading.Lock()
         self._all: list[ProcessWorker] = []

@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import ray
+from omegaconf import OmegaConf
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from cispo.config import ParallelConfig
 from cispo.models.process import actor_env
 from rollout.types import Sample, SamplingParams
 from rollout.worker import GenerationWorker
@@ -21,8 +23,9 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None, parallel: tuple[int, int] = (1, 1)):
-        """`parallel`: (tensor, pipeline) parallel size of each engine (`parallel.rollout_*`)."""
+                 model_options: dict | None = None, parallel: Any = None):
+        """`cfg`: the `rollout` config group; `parallel`: the `parallel` group (each engine's
+        tensor x pipeline parallel size, its concurrency; None: all defaults)."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
@@ -31,8 +34,9 @@ class RolloutManager:
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
         device = "cuda" if cfg.num_gpus_per_worker > 0 else "cpu"
-        engine_options = engine_options_from(cfg, *parallel)
-        devices = parallel[0] * parallel[1]
+        parallel = parallel if parallel is not None else OmegaConf.structured(ParallelConfig)
+        engine_options = engine_options_from(cfg, parallel)
+        devices = parallel.rollout_tensor_parallel * parallel.rollout_pipeline_parallel
         self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
         self.workers = [
             GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, devices)).remote(
@@ -108,8 +112,10 @@ class RolloutManager:
             ray.util.remove_placement_group(pg)
 
 
-def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> dict:
-    """The engine's own settings from `rollout.*` (what each engine accepts differs)."""
+def engine_options_from(cfg: Any, parallel: Any) -> dict:
+    """The engine's own settings from `rollout.*` and the engine keys of `parallel.*` (what each
+    engine accepts differs)."""
+    tensor_parallel, pipeline_parallel = parallel.rollout_tensor_parallel, parallel.rollout_pipeline_parallel
     if cfg.engine == "hf":
         if tensor_parallel * pipeline_parallel != 1:
             raise ValueError("rollout.engine=hf runs on one device per engine: set "
@@ -119,8 +125,11 @@ def engine_options_from(cfg: Any, tensor_parallel: int = 1, pipeline_parallel: i
     if cfg.routing_replay:
         raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
     if cfg.engine == "vllm":
-        return {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
-                **cfg.vllm}
+        opts = {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
+                "max_num_batched_tokens": parallel.rollout_batched_tokens}
+        if parallel.rollout_concurrency:
+            opts["max_num_seqs"] = parallel.rollout_concurrency
+        return {**opts, **cfg.vllm}
     return {}
 
 

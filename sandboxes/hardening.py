@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 
+from sandboxes import sizes
+
 LABEL = "cispo.sandbox"  # value: the kind of container (scorer, run, swe)
 OWNER_LABEL = "cispo.owner"  # "<hostname>:<pid>" of the process that made it
 SANDBOX_UID = 10001  # runs model-written code (made by sandboxes.image)
@@ -27,15 +29,17 @@ def _ulimit(name: str, value: int):
     return docker.types.Ulimit(name=name, soft=value, hard=value)
 
 
-def container_kwargs(*, kind: str, memory_mb: int, cpus: float, pids_limit: int,
+def container_kwargs(*, kind: str, memory_mb: int | str, cpus: float, pids_limit: int,
                      tmpfs: dict[str, str], user: str, read_only: bool = True,
                      init: bool = False) -> dict:
-    """Arguments for `client.containers.create/run` that every sandbox container gets.
+    """Arguments for `client.containers.create/run` that every sandbox container gets
+    (`memory_mb`: MB, or Docker's size syntax, `sandboxes.sizes`).
 
     memory = memory+swap (no swap to hide in); all capabilities dropped and no-new-privileges
     (setuid binaries gain nothing); no network at all; read-only root so the only writable
     places are the size- and inode-limited tmpfs mounts given here.
     """
+    memory_mb = sizes.memory_mb(memory_mb, "memory_mb")
     if memory_mb < 16:
         raise ValueError(f"memory_mb={memory_mb}: a sandbox needs at least 16 MB")
     return dict(

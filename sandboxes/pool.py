@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from sandboxes import sizes
 from sandboxes.errors import SandboxError
 from sandboxes.hardening import (
     KEEPER_UID,
@@ -353,7 +354,7 @@ def _exit_code(api, eid: str) -> int | None:
 class SandboxPool:
     """`size` warm containers; at most `size` runs at once (a run waits for a free container)."""
 
-    def __init__(self, image: str = DEFAULT_IMAGE, size: int = 2, *, memory_mb: int = 512,
+    def __init__(self, image: str = DEFAULT_IMAGE, size: int = 2, *, memory_mb: int | str = 512,
                  cpus: float = 1.0, pids_limit: int = 128, work_mb: int = 64,
                  output_limit_bytes: int = 1 << 20, kind: str = "run",
                  extra_tmpfs: dict[str, str] | None = None, mode: str = "supervisor"):
@@ -366,6 +367,7 @@ class SandboxPool:
             raise ValueError(f"pool size {size}: need at least one container")
         self.client = connect()
         sweep_orphans(self.client)
+        memory_mb = sizes.memory_mb(memory_mb, "memory_mb")
         self._spec = dict(image=image, memory_mb=memory_mb, cpus=cpus, pids_limit=pids_limit,
                           work_mb=work_mb, kind=kind, extra_tmpfs=extra_tmpfs)
         self.image, self.memory_mb, self.size = image, memory_mb, size

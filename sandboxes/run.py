@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from sandboxes import sizes
 from sandboxes.image import DEFAULT_IMAGE
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,12 @@ def _check(language: str, source: str) -> None:
 
 
 def run_code(source: str, *, language: str = "python", stdin: str = "", timeout_s: float = 10,
-             memory_mb: int = 512, image: str | None = None,
+             memory_mb: int | str = 512, image: str | None = None,
              backend: str = "docker") -> RunResult:
-    """Run `source` with `stdin`; the wall clock and memory limits are enforced from outside."""
+    """Run `source` with `stdin`; the wall clock and memory limits are enforced from outside
+    (`memory_mb`: MB, or Docker's size syntax such as "256m" or "1g": `sandboxes.sizes`)."""
     _check(language, source)
+    memory_mb = sizes.memory_mb(memory_mb, "memory_mb")  # "512m" and 512 share one pool
     if backend == "process":
         return _run_process(source, language, stdin, timeout_s, memory_mb)
     if backend != "docker":
@@ -175,13 +178,21 @@ def _run_process(source: str, language: str, stdin: str, timeout_s: float,
     return RunResult(rc, out, err, timed_out, oom, round(dur, 4), t1 or t2, isolated=False)
 
 
+def _memory_arg(text: str) -> int:
+    try:
+        return sizes.memory_mb(text, "--memory")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sandboxes.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="the program to run")
     ap.add_argument("--image", default=None, help=f"sandbox image (default {DEFAULT_IMAGE})")
     ap.add_argument("--timeout", type=float, default=10, help="wall-clock limit, seconds")
-    ap.add_argument("--memory", type=int, default=512, help="memory limit, MB")
+    ap.add_argument("--memory", type=_memory_arg, default=512,
+                    help="memory limit: MB, or Docker's syntax (256m, 1g, 512MiB)")
     ap.add_argument("--stdin", default=None, help="file fed to the program's stdin")
     ap.add_argument("--language", default=None, choices=sorted(LANGUAGES),
                     help="default: from the file's extension (.sh → bash), else python")

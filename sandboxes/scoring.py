@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxes import sizes
 from sandboxes.errors import SandboxError, SandboxTimeout
 from sandboxes.hardening import LABEL, SANDBOX_UID, container_kwargs, tmpfs_opts
 from sandboxes.hardening import sweep_orphans as _sweep
@@ -42,10 +43,13 @@ class WorkerSpec:
     server: str = "math_verdict_server.py"  # file in sandboxes/servers/
     backend: str = "docker"
     image: str = "cispo-sandbox:bookworm-1"
-    memory_mb: int = 512
+    memory_mb: int | str = 512  # MB, or Docker's size syntax ("1g"): sandboxes.sizes
     cpus: float = 1.0
     pids_limit: int = 64
     start_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        self.memory_mb = sizes.memory_mb(self.memory_mb, "memory_mb")
 
     def source(self) -> str:
         return (SERVERS / self.server).read_text()

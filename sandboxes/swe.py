@@ -25,14 +25,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sandboxes import sizes
 from sandboxes.hardening import LABEL, OWNER_LABEL, SANDBOX_UID, owner, tmpfs_opts
 from sandboxes.image import DEFAULT_IMAGE
 from sandboxes.patches import patch_paths, vet_patch
 from sandboxes.pytest_log import parse_pytest_ra
 
 DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider"
-MEMORY_MB = 2048  # per evaluation; an instance may set `memory_mb`
-REPO_MB = 1024  # tmpfs for /testbed; an instance may set `repo_mb`
+# an instance may set `memory_mb` / `repo_mb`: MB, or Docker's size syntax ("4g"; sandboxes.sizes)
+MEMORY_MB = 2048  # per evaluation
+REPO_MB = 1024  # tmpfs for /testbed
 SETUP_TIMEOUT_S = 120  # copying the repository in, applying patches
 TEST_OUTPUT_LIMIT = 32 << 20  # bytes of test output kept
 
@@ -174,9 +176,9 @@ def evaluate(instance: dict, model_patch: str, *, timeout_s: float = 1800,
     sb = None
     try:
         data, strip = _repo_tar(instance, instances_dir, client)
-        repo_mb = int(instance.get("repo_mb", REPO_MB))
+        repo_mb = sizes.memory_mb(instance.get("repo_mb", REPO_MB), "repo_mb")
         sb = Sandbox(client, image=instance.get("image") or DEFAULT_IMAGE,
-                     memory_mb=int(instance.get("memory_mb", MEMORY_MB)), cpus=1.0,
+                     memory_mb=instance.get("memory_mb", MEMORY_MB), cpus=1.0,
                      pids_limit=256, work_mb=16, kind="swe",
                      extra_tmpfs={"/testbed": tmpfs_opts(repo_mb, 200_000, uid=SANDBOX_UID,
                                                          mode="0755") + ",exec"})

@@ -77,7 +77,7 @@ def verdict(res: RunResult, expected: str, checker: str) -> CaseVerdict:
 
 
 def run_testcases(program: str, cases: list[tuple[str, str]], *, checker: str = "exact",
-                  timeout_s: float = 5, memory_mb: int = 512, backend: str = "docker",
+                  timeout_s: float = 5, memory_mb: int | str = 512, backend: str = "docker",
                   image: str | None = None, language: str = "python") -> list[CaseVerdict]:
     """Per-case verdicts, in the order of `cases`."""
     if checker not in CHECKERS:

@@ -111,11 +111,12 @@ def plain_sp(rank, out_dir, lens_list):
 def _engine(model):
     import deepspeed
 
+    from cispo.learner import autoep_config
+
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
           "zero_optimization": {"stage": 3},
           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}},
-          "expert_parallel": {"enabled": True, "autoep_size": 2, "preset_model": "mixtral",
-                              "moe_layer_pattern": r"model\.layers\.\d+\.mlp"},
+          "expert_parallel": autoep_config(2),  # the learner's own AutoEP block
           "steps_per_print": 10**9}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     return engine

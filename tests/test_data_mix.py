@@ -58,7 +58,9 @@ def test_mixed_stream_from_two_files(tmp_path):
     assert Counter(q.data_source for q in first) == {"math": 8}
     late = stream.next_batch(8, step=300)
     assert Counter(q.data_source for q in late) == {"math": 4, "chat": 4}
-    assert stream.metrics() == {"data/mix_chat": 0.5, "data/mix_math": 0.5}
+    # 8 + 4 of math's 7 prompts, 4 of chat's: epochs drawn so far
+    assert stream.metrics() == pytest.approx({"data/mix_chat": 0.5, "data/mix_math": 0.5,
+                                              "data/epoch_chat": 4 / 7, "data/epoch_math": 12 / 7})
     state = stream.state()
     again, _ = build_mixed_stream(cfg, build_char_tokenizer())
     again.load_state(state)

@@ -40,3 +40,32 @@ def test_every_config_key_is_documented():
                if f"`{key}`" not in text
                and not (key.startswith("model.tiny.") and f"`{key.rsplit('.', 1)[1]}`" in text)]
     assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_docs_and_configs_point_only_inside_the_repository():
+    """Users do not have the developers' ../shared folder: nothing may send them there."""
+    files = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "conf").rglob("*.yaml"),
+             *(ROOT / "launch").rglob("*"), *(ROOT / "cispo").rglob("*.py"), *(ROOT / "rollout").rglob("*.py"),
+             *(ROOT / "rewards").rglob("*.py"), *(ROOT / "sandboxes").rglob("*.py")]
+    bad = [str(f.relative_to(ROOT)) for f in files
+           if f.is_file() and re.search(r"shared[/]DESIGN|\bDESIGN\.md", f.read_text(errors="ignore"))]
+    assert not bad, f"these point at the developers' DESIGN.md, not docs/design.md: {bad}"
+    named = set(re.findall(r"\bdocs/([\w.-]+\.md)", (ROOT / "README.md").read_text()))
+    assert "design.md" in named and all((DOCS / n).exists() for n in named), named
+
+
+def test_readme_layout_names_files_where_they_are():
+    """The README's layout block: every `name.py` / `name/` it lists under a package is there."""
+    block = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    package, checked = None, 0
+    for line in block.splitlines():
+        head = re.match(r"^(\w+)/\s", line)
+        if head:
+            package = head.group(1)
+        if package not in ("cispo", "rollout"):
+            continue
+        text = line[len(head.group(0)):] if head else line
+        for name in re.findall(r"\b([a-z_]+(?:\.py|/))", text):
+            assert (ROOT / package / name.rstrip("/")).exists(), f"README says {package}/{name}"
+            checked += 1
+    assert checked > 20

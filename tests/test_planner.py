@@ -150,7 +150,7 @@ def test_a_plan_that_does_not_fit_names_the_term_and_the_fix():
 
 def test_unplannable_configs_are_one_clear_message():
     with pytest.raises(PlanError, match="cannot hold one sequence of 83968 tokens"):
-        build_plan(config("+exp=m1_80k", "parallel.tokens_per_micro_batch=4096"))
+        build_plan(config("+exp=m1_80k", "parallel.micro_batch_tokens=4096"))
     with pytest.raises(PlanError, match="needs the model's config.json"):
         build_plan(config("+exp=m1_80k", "model.name=/nonexistent/model"))
 
@@ -214,15 +214,15 @@ def test_m1_80k_names_the_sequence_parallel_size_it_needs():
     assert lr["sequence_parallel"] == 8 and plan["fits"]
     need = lr["sequence_parallel_needed"]
     assert need is not None and need <= 8 and 256 % need == 0
-    at_need = build_plan(config("+exp=m1_80k", f"learner.sequence_parallel_size={need}"))
+    at_need = build_plan(config("+exp=m1_80k", f"parallel.sequence_parallel={need}"))
     assert at_need["fits"] and at_need["learner"]["per_gpu_memory_gib"] <= 80
     if need > 1:  # the next smaller divisor does not fit, and the message says what to raise
         smaller = max(d for d in range(1, need) if 256 % d == 0)
-        below = build_plan(config("+exp=m1_80k", f"learner.sequence_parallel_size={smaller}"))
+        below = build_plan(config("+exp=m1_80k", f"parallel.sequence_parallel={smaller}"))
         assert not below["fits"]
-        assert any("learner.sequence_parallel_size" in p for p in below["problems"])
+        assert any("parallel.sequence_parallel" in p for p in below["problems"])
     # SP splits the activations: per-rank tokens and the activation terms shrink with the size
-    t4 = build_plan(config("+exp=m1_80k", "learner.sequence_parallel_size=4"))["learner"]["terms_gib"]
+    t4 = build_plan(config("+exp=m1_80k", "parallel.sequence_parallel=4"))["learner"]["terms_gib"]
     t8 = lr["terms_gib"]
     assert t8["checkpoints"] == pytest.approx(t4["checkpoints"] / 2, rel=1e-3)
     from cispo.planner import format_plan
@@ -230,9 +230,22 @@ def test_m1_80k_names_the_sequence_parallel_size_it_needs():
     assert f"sequence parallel: SP {need} is the smallest size" in format_plan(plan)
 
 
-def test_two_sequence_parallel_keys_that_disagree_are_an_error():
-    with pytest.raises(PlanError, match="disagree"):
-        build_plan(config("+exp=m1_80k", "parallel.sequence_parallel=4"))
+def test_colocated_engines_share_the_learner_gpus():
+    sep = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
+                            "cluster.gpus_per_node=2"))
+    col = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
+                            "cluster.gpus_per_node=2", "parallel.placement=colocated"))
+    assert (sep["gpus"], col["gpus"]) == (2, 1) and col["rollout"]["placement"] == "colocated"
+    # one GPU, two turns: the larger of (learner + the sleeping engine's weights) and
+    # (engine + the learner's parameters, gradients, optimizer), one reserve
+    lt, et = col["learner"]["terms_gib"], col["rollout"]["terms_gib"]
+    both = max(sum(lt.values()) + et["weights"],
+               sum(et.values()) + lt["params"] + lt["grads"] + lt["optimizer"]) - et["reserve"]
+    assert col["max_gpu_memory_gib"] == pytest.approx(both, abs=0.01)
+    too_many = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "rollout.num_workers=2",
+                                 "learner.num_gpus_per_worker=1", "cluster.gpus_per_node=2",
+                                 "parallel.placement=colocated"))
+    assert any("parallel.placement=colocated" in p for p in too_many["problems"])
 
 
 def test_selective_checkpointing_fewest_layers_that_fit():

@@ -1,4 +1,5 @@
-"""A run killed after its step-3 checkpoint and resumed repeats the uninterrupted run exactly."""
+"""A run killed after its step-3 checkpoint and resumed repeats the uninterrupted run exactly, in sync
+and in async (one-step off-policy) generation."""
 
 import json
 import os
@@ -19,21 +20,29 @@ def cmd(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cispo.train", "+exp=tiny", f"run_dir={run_dir}", *SMALL, *extra]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps)), f"duplicated or unordered steps: {steps}"
-    return {r["step"]: r["loss/policy"] for r in rows}
+def rows(run_dir: Path) -> list[dict]:
+    out = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in out] == list(range(6)), "a step is missing or repeated"
+    return out
+
+
+# per step: the loss, and what says which prompts it trained on and what they scored
+SAME = ("loss/policy", "data/epoch", "reward/mean", "response/length_mean", "rollout/staleness")
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_kill_and_resume_reproduces_losses(tmp_path):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_kill_and_resume_reproduces_losses(tmp_path, mode):
+    """async: the checkpoint after step 3 is written while step 4's rollout (prompts drawn,
+    sampled with the weights before step 3's update) is already done; the resumed run must
+    train step 4 on exactly those samples, then carry on as the uninterrupted run did."""
+    extra = ["trainer.total_steps=6", f"rollout.async_generation={str(mode == 'async').lower()}"]
     full = tmp_path / "full"
-    subprocess.run(cmd(full, "trainer.total_steps=6"), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(cmd(full, *extra), cwd=ROOT, check=True, capture_output=True)
 
     part = tmp_path / "part"
-    proc = subprocess.Popen(cmd(part, "trainer.total_steps=6"), cwd=ROOT, start_new_session=True,
+    proc = subprocess.Popen(cmd(part, *extra), cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = part / "checkpoints" / "latest_step"
     deadline = time.monotonic() + 400
@@ -43,10 +52,13 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
     proc.wait()
     assert latest.read_text() == "step_3", "the run finished before it could be killed"
 
-    p = subprocess.run(cmd(part, "trainer.total_steps=6", "resume=auto"), cwd=ROOT,
-                       capture_output=True, text=True)
+    p = subprocess.run(cmd(part, *extra, "resume=auto"), cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert losses(part) == losses(full)  # exactly: same data, seeds, weights and optimizer state
+    # exactly: same data, seeds, weights and optimizer state (and, async, the kept rollout)
+    assert [{k: r[k] for k in SAME} for r in rows(part)] == [{k: r[k] for k in SAME} for r in rows(full)]
+    staleness = {r["rollout/staleness"] for r in rows(full)[1:]}
+    assert staleness == ({1.0} if mode == "async" else {0.0})
+    assert (part / "checkpoints" / "step_3" / "kept.pkl").exists() == (mode == "async")
 
 
 def test_resume_path_must_be_a_checkpoint(tmp_path):

@@ -168,12 +168,13 @@ def test_patched_model_at_size_1_equals_transformers_on_each_sequence():
 def test_learner_rejects_a_size_that_does_not_divide_the_ranks(tiny_model_path):
     from omegaconf import OmegaConf
 
-    from cispo.config import LearnerConfig, ModelConfig
+    from cispo.config import LearnerConfig, ModelConfig, ParallelConfig
     from cispo.learner import LearnerGroup
 
-    cfg = OmegaConf.structured(LearnerConfig(num_workers=3, sequence_parallel_size=2, micro_batch_tokens=40))
+    cfg = OmegaConf.structured(LearnerConfig(num_workers=3))
+    par = OmegaConf.structured(ParallelConfig(sequence_parallel=2, micro_batch_tokens=40))
     with pytest.raises(ValueError, match="must divide"):  # before any actor starts
-        LearnerGroup(cfg, OmegaConf.structured(ModelConfig), tiny_model_path, 4, 1.0)
+        LearnerGroup(cfg, par, OmegaConf.structured(ModelConfig), tiny_model_path, 4, 1.0)
 
 
 def test_docs_seqpar_example_runs(monkeypatch):

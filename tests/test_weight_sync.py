@@ -78,7 +78,7 @@ def test_broadcast_path_over_gloo():
 
 
 def test_bucketed_sync_worker_logprobs_equal_learner(ray_local, tiny_model_path):
-    from cispo.config import LearnerConfig, ModelConfig, RolloutConfig
+    from cispo.config import LearnerConfig, ModelConfig, ParallelConfig, RolloutConfig
     from cispo.learner import LearnerGroup, TrainItem
     from cispo.models.build import load_tokenizer
     from rollout.manager import RolloutManager
@@ -89,7 +89,8 @@ def test_bucketed_sync_worker_logprobs_equal_learner(ray_local, tiny_model_path)
                                               torch_threads=1, num_cpus_per_worker=1))
     rcfg = OmegaConf.structured(RolloutConfig(num_workers=1, group_size=4, max_new_tokens=6,
                                               num_cpus_per_worker=1, sync_bucket_mb=0.05))
-    learner = LearnerGroup(lcfg, OmegaConf.structured(ModelConfig), tiny_model_path, 8, 1.0)
+    learner = LearnerGroup(lcfg, OmegaConf.structured(ParallelConfig), OmegaConf.structured(ModelConfig),
+                           tiny_model_path, 8, 1.0)
     mgr = RolloutManager(rcfg, tiny_model_path)
     try:
         first = mgr.generate(prompts, seed=1)

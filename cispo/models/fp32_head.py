@@ -36,6 +36,9 @@ class FP32LMHead(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32))
         self.out_features, self.in_features = self.weight.shape
         self.precision = "split_bf16"  # of the chunked log-prob path: one of HEAD_PRECISIONS
+        # tokens per chunk of the log-prob op (parallel.head_chunk_tokens; the torch paths' tile,
+        # the fused path's backward chunk); None: its default
+        self.chunk_tokens: int | None = None
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
                 temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
@@ -45,10 +48,10 @@ class FP32LMHead(nn.Module):
             raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
                              "style LM head); call head(hidden) for full logits instead")
         if self.precision == "split_bf16":
-            return fused_token_logprobs(hidden, self.weight, tokens, temperature,
-                                        with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+            return fused_token_logprobs(hidden, self.weight, tokens, temperature, with_entropy=with_entropy,
+                                        chunk_tokens=chunk_tokens or self.chunk_tokens)
         return linear_token_logprobs(hidden, self.weight, tokens, temperature,
-                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+                                     with_entropy=with_entropy, chunk_tokens=chunk_tokens or self.chunk_tokens,
                                      precision=self.precision)
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ def new_groups(size: int):
     is collective)."""
     world = dist.get_world_size()
     if size < 1 or world % size:
-        raise ValueError(f"learner.sequence_parallel_size={size} must divide the {world} learner ranks")
+        raise ValueError(f"parallel.sequence_parallel={size} must divide the {world} learner ranks")
     if size == 1:
         return None
     mine = None

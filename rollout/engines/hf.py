@@ -63,6 +63,13 @@ class HFEngine:
         if missing:
             raise RuntimeError(f"weight sync incomplete: {len(missing)} parameters missing, e.g. {missing[:5]}")
 
+    def sleep(self) -> None:
+        """Nothing to release: this engine allocates its cache per `generate` call and frees it
+        when the call returns."""
+
+    def wake(self) -> None:
+        """Nothing to take back (see `sleep`)."""
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams,
                  first_index: int = 0) -> list[Sample]:

@@ -13,7 +13,7 @@ from vLLM's documented API (v0.10.2 and later):
   token's log-prob only; `CompletionOutput.token_ids / logprobs / finish_reason`.
 - `LLM.collective_rpc(fn)`: runs `fn(worker)` in every worker process; weight updates go
   through `worker.model_runner.model.load_weights([(name, tensor), ...])`, bucket by bucket.
-- `LLM.sleep(level=1)` / `LLM.wake_up(tags=[...])` when engine and learner share GPUs
+- `LLM.sleep(level=1)` / `LLM.wake_up(tags=[...])` (our `sleep()` / `wake()`) when engine and learner share GPUs
   (`colocated=True`): weights are offloaded and the KV cache freed while the learner trains.
 
 Differences from the HF engine, stated: sampling noise comes from vLLM's per-request seed, so a
@@ -39,7 +39,10 @@ class VLLMEngine:
                  trust_remote_code: bool = False, model_options: dict | None = None,
                  tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85,
-                 colocated: bool = False, seed: int = 0):
+                 colocated: bool = False, seed: int = 0, max_num_batched_tokens: int | None = None,
+                 max_num_seqs: int | None = None):
+        """`max_num_batched_tokens` / `max_num_seqs`: parallel.rollout_batched_tokens /
+        parallel.rollout_concurrency (what the planner sized the engine's memory for)."""
         try:
             import vllm
         except ImportError as e:
@@ -49,7 +52,9 @@ class VLLMEngine:
             raise ValueError("rollout.engine=vllm cannot apply model.rotary_dim (M1's partial RoPE); "
                              "serve a checkpoint whose config already has it")
         self.colocated = colocated
-        self.llm = vllm.LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+        limits = {k: v for k, v in (("max_num_batched_tokens", max_num_batched_tokens),
+                                    ("max_num_seqs", max_num_seqs)) if v}
+        self.llm = vllm.LLM(**limits, model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                             pipeline_parallel_size=pipeline_parallel_size,
                             # several devices: vLLM's Ray executor, inside the worker's placement group
                             distributed_executor_backend="ray" if tensor_parallel_size * pipeline_parallel_size > 1
@@ -96,11 +101,12 @@ class VLLMEngine:
             raise RuntimeError("weight sync delivered no parameters")
 
     def sleep(self) -> None:
-        """Colocated with the learner: free the GPU (weights offloaded, KV cache dropped)."""
+        """Colocated with the learner: free the GPU (weights offloaded, KV cache dropped);
+        a no-op otherwise."""
         if self.colocated:
             self.llm.sleep(level=1)
 
-    def wake_up(self) -> None:
+    def wake(self) -> None:
         if self.colocated:
             self.llm.wake_up(tags=["weights"])  # load new weights before the KV cache returns
             self.llm.wake_up(tags=["kv_cache"])
