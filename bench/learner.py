@@ -230,6 +230,16 @@ def throughput(a):
     torch.manual_seed(0)
     if a.fla_autotune == "one":
         speed.limit_fla_autotune()
+    moe = None
+    if a.moe_bench and not cpu:  # AutoEP's expert backends on this shape's MoE layer (bench/moe.py)
+        from moe import bench_experts, summary
+
+        try:
+            moe = bench_experts(shape["hidden"], shape["ffn"], shape["experts"], 2, a.tokens)
+            if rank == 0:
+                print("moe: " + summary(moe), flush=True)
+        except Exception as e:  # noqa: BLE001 - the step measurement matters more
+            moe = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
 
     def build():
         with torch.device(dev):  # random init on the GPU: minutes faster than on CPU
@@ -251,26 +261,37 @@ def throughput(a):
     if cpu:  # the smoke run: FP32 on CPU, torch's plain AdamW
         ds["bf16"]["enabled"] = False
         ds["optimizer"]["params"].pop("fused", None)
-    autoep_note = "off"
-    try:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=ds)
-        autoep_note = f"autoep_size={a.autoep}" if a.autoep else "off"
-    except Exception as e:  # noqa: BLE001 - record why AutoEP failed, then measure without it
-        if not a.autoep:
-            raise
-        autoep_note = f"AutoEP failed ({type(e).__name__}: {str(e)[:200]}); ran without"
-        ds.pop("expert_parallel")
-        model = build()
-        if a.shape == "m1slice":
-            model.get_input_embeddings().weight.requires_grad_(False)
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=ds)
+    # the tuned config first; if DeepSpeed refuses it, ZeRO-3's own sizes, then without AutoEP:
+    # each failure is recorded, and the step is still measured
+    plain = {"stage": 3, "overlap_comm": True}
+    attempts = [dict(ds), {**ds, "zero_optimization": plain}]
+    if a.autoep:
+        attempts.append({k: v for k, v in ds.items() if k != "expert_parallel"} | {"zero_optimization": plain})
+    notes = []
+    for i, trial in enumerate(attempts):
+        if i:
+            model = build()
+            if a.shape == "m1slice":
+                model.get_input_embeddings().weight.requires_grad_(False)
+        try:
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=trial)
+            ds = trial
+            break
+        except Exception as e:  # noqa: BLE001 - record why, then try the next config
+            notes.append(f"config {i} failed ({type(e).__name__}: {str(e)[:200]})")
+            if i == len(attempts) - 1:
+                raise
+            del model
+            torch.cuda.empty_cache() if not cpu else None
+    autoep_note = (f"autoep_size={a.autoep}" if "expert_parallel" in ds else "off") + (
+        "; " + "; ".join(notes) if notes else "")
     ep_layers = sum(type(m).__name__ == "AutoEPMoELayer" for m in engine.module.modules())
     setup_s = time.perf_counter() - t_start
     res = {"device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__, "shape": a.shape,
            "params_total": n_params, **shape, "vocab": cfg.vocab_size, "tokens_per_gpu": a.tokens,
            "autoep": autoep_note, "autoep_layers": ep_layers, "zero": ds["zero_optimization"],
            "expert_parallel": ds.get("expert_parallel"),
-           "fla_autotune": a.fla_autotune, "setup_s": setup_s, "cases": {}}
+           "fla_autotune": a.fla_autotune, "setup_s": setup_s, "moe_backends": moe, "cases": {}}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.cases.split(","):
@@ -421,6 +442,7 @@ def main():
     ap.add_argument("--autoep", type=int, default=1)
     ap.add_argument("--grouped-mm-backend", default=None, help="AutoEP experts: grouped_mm | fused_gate_up | loop")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke run of the code")
+    ap.add_argument("--moe-bench", action="store_true", help="first time AutoEP's expert backends (bench/moe.py)")
     ap.add_argument("--seq-min", type=int, default=2048)
     ap.add_argument("--seq-max", type=int, default=8192)
     ap.add_argument("--short-min", type=int, default=32)

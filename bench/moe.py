@@ -37,31 +37,24 @@ def bench(fn, reps=10):
     return statistics.median(times)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--ffn", type=int, default=2048)
-    ap.add_argument("--experts", type=int, default=16)
-    ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--out", default="bench/results/moe.json")
-    a = ap.parse_args()
+def bench_experts(hidden: int, ffn: int, experts: int, top_k: int, tokens: int) -> dict:
+    """fwd+bwd time of each backend on one MoE layer's experts (and the dense floor)."""
     from deepspeed.moe import ep_experts as ep
 
     dev, dt = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
-    E, H, I = a.experts, a.hidden, a.ffn
-    rows = a.tokens * a.top_k
+    E, H, I = experts, hidden, ffn
+    rows = tokens * top_k
     w1, w3 = (torch.randn(E, I, H, device=dev, generator=g, dtype=dt) * H**-0.5 for _ in range(2))
     w2 = torch.randn(E, H, I, device=dev, generator=g, dtype=dt) * I**-0.5
-    experts = torch.randint(0, E, (rows,), device=dev, generator=g).sort().values
-    counts = torch.bincount(experts, minlength=E)
+    experts_of = torch.randint(0, E, (rows,), device=dev, generator=g).sort().values
+    counts = torch.bincount(experts_of, minlength=E)
     x0 = torch.randn(rows, H, device=dev, generator=g, dtype=dt)
     dy = torch.randn(rows, H, device=dev, generator=g, dtype=dt)
     fns = {"grouped_mm": ep._run_experts_grouped_mm, "fused_gate_up": ep._run_experts_grouped_mm_fused_gate_up,
            "loop": ep._run_experts_for_loop}
     params = [w.requires_grad_() for w in (w1, w2, w3)]
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, **vars(a), "rows": {}}
+    res = {"hidden": H, "ffn": I, "experts": E, "top_k": top_k, "tokens": tokens, "rows": {}}
     flops = 3 * 2 * rows * 3 * H * I  # fwd + bwd (×3) of three [rows, H] × [H, I] products
     for name, fn in fns.items():
         x = x0.clone().requires_grad_()
@@ -88,12 +81,32 @@ def main():
     res["rows"]["dense_floor"] = {"ms": ms, "tflops": flops / ms / 1e9}
     ok = {k: v["ms"] for k, v in res["rows"].items() if "ms" in v and k != "dense_floor"}
     res["fastest"] = min(ok, key=ok.get) if ok else None
+    del w1, w2, w3, w13, w2d, x0, dy
+    torch.cuda.empty_cache()
+    return res
+
+
+def summary(res: dict) -> str:
+    return (f"experts fwd+bwd, {res['experts']} experts top-{res['top_k']}, H {res['hidden']}, I {res['ffn']}, "
+            f"{res['tokens']} tokens: " + ", ".join(
+                f"{k} {v['ms']:.2f} ms ({v['tflops']:.0f} TFLOP/s)" if "ms" in v else f"{k} {v['error'][:60]}"
+                for k, v in res["rows"].items()) + f"; fastest {res['fastest']}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--experts", type=int, default=16)
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--out", default="bench/results/moe.json")
+    a = ap.parse_args()
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           **bench_experts(a.hidden, a.ffn, a.experts, a.top_k, a.tokens)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
-    print(f"{res['device']}: experts fwd+bwd, {E} experts top-{a.top_k}, H {H}, I {I}, {a.tokens} tokens")
-    for k, v in res["rows"].items():
-        print(f"{k:>14}: " + (f"{v['ms']:7.2f} ms  {v['tflops']:5.0f} TFLOP/s" if "ms" in v else v["error"]))
-    print(f"fastest: {res['fastest']}")
+    print(f"{res['device']}: " + summary(res))
 
 
 if __name__ == "__main__":
