@@ -217,13 +217,21 @@ class LearnerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # with gradient_checkpointing: how many decoder layers recompute their activations in backward
+    # (-1: all; k: the k that hold the most, cispo.models.speed.checkpoint_layers). The plan's
+    # learner.checkpoint_layers_needed is the fewest that fit the GPU (selective checkpointing)
+    checkpoint_layers: int = -1
     # DeepSpeed AutoEP (with parallel.expert_parallel > 1): its routing preset and the regex of
     # the MoE blocks it replaces
     autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
     autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
-    # the FP32 head's products in the learner's log-prob pass: ieee (M1: TF32 off) or 3xtf32
-    # (three TF32 tensor-core products per FP32 product: ~2^-21 relative error, ~3x faster)
-    head_precision: str = "ieee"
+    # AutoEP's expert GEMMs: grouped_mm (torch._grouped_mm, gate and up apart: DeepSpeed's
+    # default), fused_gate_up (one grouped GEMM for both) or loop (one GEMM per expert)
+    grouped_mm_backend: str = "grouped_mm"
+    # the FP32 head's log-prob pass: split_bf16 (fused Triton kernels, FP32-accurate from bf16
+    # tensor-core products; the IEEE path on CPU), ieee (torch, IEEE FP32, TF32 off: the
+    # reference, M1's FP32 head) or 3xtf32 (torch, three TF32 products per FP32 product)
+    head_precision: str = "split_bf16"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     # parallel.placement=colocated: move the optimizer state, FP32 master weights and gradients
@@ -299,11 +307,13 @@ class ParallelConfig:
     # group's shards together; must hold the longest sequence. 0: learner.micro_batch_size
     # padded rows (the planner then counts micro_batch_size x the longest sequence)
     micro_batch_tokens: int = 0
-    # tokens per chunk of the learner's FP32 LM-head log-prob op; 0 = the op's default tile
-    # (2^25 logits, cispo.ops.chunked_logprobs); the planner then assumes the whole micro-batch
+    # tokens per chunk of the learner's FP32 LM-head log-prob op (the fused op's backward chunk;
+    # the torch ops' tile); 0 = the op's default (fused: 2 GiB of bf16 logit gradients; torch:
+    # 2^25 logits); the planner then assumes the whole micro-batch
     head_chunk_tokens: int = 0
-    # the planner's assumption of ZeRO-3's working set: layers gathered at once (current +
-    # prefetched); DeepSpeed's own prefetch bucket governs the learner (our choice)
+    # ZeRO-3's working set: layers gathered at once (current + prefetched); the planner counts
+    # it and the learner sizes DeepSpeed's prefetch/bucket sizes from it
+    # (cispo.models.speed.zero3_tuning) (our choice)
     prefetch_layers: int = 2
     rollout_tensor_parallel: int = 1  # GPUs per engine in one tensor-parallel group
     rollout_pipeline_parallel: int = 1  # pipeline stages per engine (engine GPUs = tp x pp)

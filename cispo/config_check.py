@@ -91,10 +91,14 @@ def value_problems(cfg) -> list[str]:
                         f"output window): raise it to at least {longest}")
     if cfg.rollout.routing_replay and P.micro_batch_tokens:
         problems.append("rollout.routing_replay replays padded rows only: set parallel.micro_batch_tokens=0")
-    if not cfg.model.fp32_lm_head:
-        for key, value, off in (("parallel.head_chunk_tokens", P.head_chunk_tokens, 0),
-                                ("learner.head_precision", cfg.learner.head_precision, "ieee")):
-            if value != off:
+    from cispo.models.fp32_head import HEAD_PRECISIONS
+
+    if cfg.learner.head_precision not in HEAD_PRECISIONS:
+        problems.append(f"learner.head_precision={cfg.learner.head_precision}: use one of {', '.join(HEAD_PRECISIONS)}")
+    if not cfg.model.fp32_lm_head:  # the defaults (split_bf16, and ieee) mean nothing without it
+        for key, value, off in (("parallel.head_chunk_tokens", P.head_chunk_tokens, (0,)),
+                                ("learner.head_precision", cfg.learner.head_precision, ("split_bf16", "ieee"))):
+            if value not in off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
     problems += _size_problems(cfg)
     problems += placement_problems(cfg)

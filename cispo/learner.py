@@ -96,7 +96,7 @@ def worker_config(learner: Any, parallel: Any, model: Any) -> dict:
     lay = learner_layout(learner, parallel)
     return {**_plain(learner), "expert_parallel": lay.expert_parallel,
             "sequence_parallel": lay.sequence_parallel, "micro_batch_tokens": lay.micro_batch_tokens,
-            "head_chunk_tokens": parallel.head_chunk_tokens, "dtype": model.dtype,
+            "head_chunk_tokens": parallel.head_chunk_tokens, "prefetch_layers": parallel.prefetch_layers, "dtype": model.dtype,
             "trust_remote_code": model.trust_remote_code, "fp32_lm_head": model.fp32_lm_head,
             "rotary_dim": model.rotary_dim}
 
@@ -109,11 +109,17 @@ def autoep_config(size: int, preset: str = "mixtral", pattern: str = r"model\.la
     return {"enabled": True, "autoep_size": size, "preset_model": preset, "moe_layer_pattern": pattern}
 
 
-def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
+def deepspeed_config(cfg: dict, n_micro: int, world_size: int, model: torch.nn.Module | None = None) -> dict:
     """The DeepSpeed config of a `worker_config` dict (docs/configuration.md, `learner:` and
-    `parallel:`)."""
+    `parallel:`). Given the model, ZeRO-3's prefetch and bucket sizes come from its layer size and
+    the plan's `parallel.prefetch_layers` (`cispo.models.speed.zero3_tuning`) instead of
+    DeepSpeed's fixed defaults."""
     stage = cfg["zero_stage"]
     zero: dict[str, Any] = {"stage": stage}
+    if model is not None and stage == 3:
+        from cispo.models.speed import zero3_tuning
+
+        zero.update(zero3_tuning(model, cfg.get("prefetch_layers", 2), world_size))
     if cfg.get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if cfg.get("offload_params"):
@@ -129,7 +135,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         # torch's AdamW: no JIT-built fused/CPU Adam needed (also when the optimizer is offloaded)
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
-            "weight_decay": cfg["weight_decay"], "torch_adam": True}},
+            "weight_decay": cfg["weight_decay"], "torch_adam": True,
+            # on GPU torch's fused AdamW: one kernel per step instead of a dozen elementwise passes
+            **({"fused": True} if (cfg.get("num_gpus_per_worker", 0) > 0 and torch.cuda.is_available()
+                                   and not cfg.get("offload_optimizer")) else {})}},
         "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
         "steps_per_print": 10**9,
@@ -139,6 +148,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         if world_size % ep:
             raise ValueError(f"parallel.expert_parallel={ep} must divide learner.num_workers={world_size}")
         ds["expert_parallel"] = autoep_config(ep, cfg["autoep_preset"], cfg["autoep_layer_pattern"])
+        if cfg.get("grouped_mm_backend"):  # the experts' GEMMs (cispo.models.speed, bench/moe.py)
+            from cispo.models.speed import autoep_grouped_mm
+
+            ds["expert_parallel"].update(autoep_grouped_mm(cfg["grouped_mm_backend"]))
     return ds
 
 
@@ -178,7 +191,7 @@ class LearnerWorker:
         mark("init_distributed")
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
-        from cispo.models.fp32_head import enable_token_scoring
+        from cispo.models.fp32_head import HEAD_PRECISIONS, FP32LMHead, enable_token_scoring
 
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
@@ -186,6 +199,10 @@ class LearnerWorker:
         mark("load_model")
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.get("checkpoint_layers", -1) >= 0:  # selective: only the layers the plan needs
+                from cispo.models.speed import checkpoint_layers
+
+                checkpoint_layers(model, cfg["checkpoint_layers"])
         model.config.use_cache = False
         enable_token_scoring(model)
         # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
@@ -196,11 +213,21 @@ class LearnerWorker:
 
             self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
-        for key, attr, off in (("head_precision", "precision", "ieee"), ("head_chunk_tokens", "chunk_tokens", 0)):
-            if cfg.get(key, off) != off:  # learner.head_precision, parallel.head_chunk_tokens
-                if not hasattr(head, attr):
+        precision = cfg.get("head_precision", "split_bf16")
+        if isinstance(head, FP32LMHead):
+            if precision not in HEAD_PRECISIONS:
+                raise ValueError(f"learner.head_precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
+            head.precision = precision
+            if cfg.get("head_chunk_tokens", 0):  # parallel.head_chunk_tokens
+                head.chunk_tokens = cfg["head_chunk_tokens"]
+        else:  # the defaults are fine without the FP32 head; anything else needs it
+            for key, allowed in (("head_precision", ("split_bf16", "ieee")), ("head_chunk_tokens", (0,))):
+                if cfg.get(key, allowed[0]) not in allowed:
                     raise ValueError(f"{key}={cfg[key]} applies to the FP32 head (model.fp32_lm_head=true)")
-                setattr(head, attr, cfg[key])
+        if gpu and self.sp is None:  # varlen flash attention, fused RMSNorm (cispo.models.speed)
+            from cispo.models.speed import enable_fast_paths
+
+            enable_fast_paths(model, precision, cuda=True)
         self.micro_batch_tokens = cfg["micro_batch_tokens"]
         self.expert_parallel = cfg["expert_parallel"]
         if gpu and self.sp is None:  # compile the GPU kernels now, beside the engines' start-up
@@ -211,7 +238,7 @@ class LearnerWorker:
                 warm_up_learner(model, dev, self.micro_batch_tokens > 0, self.pad_id, temperature)
                 mark("warm_up")
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=deepspeed_config(cfg, n_micro, world_size))
+                                               config=deepspeed_config(cfg, n_micro, world_size, model))
         mark("deepspeed_initialize")
 
     def ready(self) -> int:

@@ -112,6 +112,17 @@ def smallest_fitting_sp(shape, counts, lay: LearnerLayout, reserve: float, budge
     return None
 
 
+def fewest_checkpoint_layers(shape, counts, lay: LearnerLayout, reserve: float, budget: float) -> int | None:
+    """Selective activation checkpointing from the plan: the fewest layers whose activations must
+    be recomputed for one learner rank to fit `budget` bytes (0: none), everything else as
+    configured; None if even recomputing every layer does not fit."""
+    for k in range(0, shape.layers + 1):
+        trial = LearnerLayout(**{**lay.__dict__, "checkpointing": k > 0, "checkpoint_layers": k})
+        if sum(learner_terms(shape, counts, trial, reserve).values()) <= budget:
+            return k
+    return None
+
+
 def colocate(occupants: list[list[str]], engines: list[tuple[str, float]]) -> list[str]:
     """parallel.placement=colocated: the engines go onto the learner's GPUs, in order, each GPU
     taking one engine's share (an engine sleeps while the learner trains). Returns problems."""
@@ -168,7 +179,8 @@ def build_plan(cfg: Any) -> dict:
                         expert_parallel=ranks.expert_parallel, sequence_parallel=sp,
                         tokens_per_micro_batch=ranks.micro_batch_tokens or L.micro_batch_size * seq,
                         head_chunk_tokens=P.head_chunk_tokens,
-                        checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers)
+                        checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers,
+                        checkpoint_layers=L.get("checkpoint_layers", -1))
     on_gpu = C.gpus_per_node > 0
     reserve = C.reserve_gib if on_gpu else 0.0
     l_terms = learner_terms(shape, counts, lay, reserve)
@@ -197,6 +209,7 @@ def build_plan(cfg: Any) -> dict:
     per_gpu = [gpu_bytes(occ, l_terms, e_terms) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
     needed_sp = smallest_fitting_sp(shape, counts, lay, reserve, budget) if on_gpu else None
+    needed_ckpt = fewest_checkpoint_layers(shape, counts, lay, reserve, budget) if on_gpu else None
     if on_gpu:
         for role, terms, total in (("learner", l_terms, l_bytes), ("rollout", e_terms, e_bytes)):
             if total > budget:
@@ -236,6 +249,9 @@ def build_plan(cfg: Any) -> dict:
                     "micro_batch_tokens": ranks.micro_batch_tokens,  # 0: padded rows
                     # the smallest size at which a learner rank fits cluster.gpu_memory_gib
                     "sequence_parallel_needed": needed_sp,
+                    # selective checkpointing: the fewest layers to recompute so a rank fits
+                    # (learner.checkpoint_layers; None: not even all of them)
+                    "checkpoint_layers_needed": needed_ckpt,
                     "data_parallel": ranks.data_parallel,
                     "tokens_per_rank": lay.tokens_per_micro_batch / sp,
                     "per_gpu_memory_gib": round(l_bytes / GIB, 3), "terms_gib": _gib(l_terms)},

@@ -75,6 +75,16 @@ def test_head_settings_need_the_fp32_head():
     assert "parallel.head_chunk_tokens=1024" in msg and "model.fp32_lm_head=true" in msg
 
 
+def test_head_precision_is_one_of_the_known_paths():
+    cfg = _cfg()
+    cfg.learner.head_precision = "tf32"
+    [msg] = value_problems(cfg)
+    assert "learner.head_precision=tf32" in msg and "split_bf16" in msg
+    cfg.learner.head_precision = "ieee"
+    cfg.model.fp32_lm_head = False  # the reference path's name is fine without the FP32 head
+    assert value_problems(cfg) == []
+
+
 def test_a_declared_key_is_not_called_unknown(tmp_path):
     """Setting an empty dict's keys needs Hydra's `+`; that error is Hydra's to explain, not
     "unknown key 'algorithm.loss_options'. Did you mean 'algorithm.loss_options'?"."""
