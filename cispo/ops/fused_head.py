@@ -8,7 +8,8 @@ products run on bf16 tensor cores, exactly enough to stay FP32-accurate:
   (itself); an FP32 tensor is three, hi + mid + lo, exactly (8 + 8 + 8 significant bits cover
   FP32's 24). A product of two bf16 numbers is exact in FP32, and the tensor cores accumulate in
   FP32, so Σ over piece pairs of bf16 products with FP32 accumulation is an FP32-accurate
-  product. Pairs whose weight is below 2⁻¹⁶ of the leading one (i + j > 2) are dropped.
+  product, provided the accumulation is IEEE: the tensor cores' own FP32 adds truncate, so they
+  sum only one BK slice (64 products) and the slices are added on the CUDA cores (_add_rn). Pairs whose weight is below 2⁻¹⁶ of the leading one (i + j > 2) are dropped.
   With bf16 hidden states and a bf16 head weight (the learner under DeepSpeed's bf16 mode, which
   stores every parameter in bf16 and keeps the FP32 master copy in the optimizer) the logits
   are one bf16 product; an FP32 weight makes them three.
@@ -117,11 +118,26 @@ if triton is not None:
             return x.to(tl.bfloat16)
 
     @triton.jit
+    def _add_rn(acc, part, F32DOT: tl.constexpr):
+        # acc + part, one IEEE round-to-nearest FP32 add on the CUDA cores. A plain `acc + part`
+        # is folded by Triton into the tensor-core accumulator (dot(a, b, acc)), whose FP32 adds
+        # truncate: on an H100, folded over a 512..1024-long hidden dim, that left |Δ log p| of
+        # 1.5e-5..2.2e-5 against float64 (bf16 operands, exact products), over the 1e-5 bound.
+        # Inline PTX is opaque to that fold (the "promotion" of DeepSeek-V3's FP8 GEMMs).
+        if F32DOT:  # the interpreter: no PTX; its adds are IEEE already
+            return acc + part
+        else:
+            return tl.inline_asm_elementwise("add.rn.f32 $0, $1, $2;", "=r,r,r", [acc, part],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
     def _tile_logits(H0, H1, H2, W0, W1, W2, rows, cols, rmask, cmask, D, stride_h, stride_w,
                      NH: tl.constexpr, NW: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                      BK: tl.constexpr, F32DOT: tl.constexpr):
         """Σ over piece pairs (i + j ≤ 2) of h_i W_jᵀ for one [BT, BV] tile, FP32 accumulate,
-        the small pairs first. NH, NW: pieces of h and W (1 or 3)."""
+        the small pairs first. NH, NW: pieces of h and W (1 or 3). Each BK slice's products are
+        summed on the tensor cores from zero and then added to the tile in IEEE FP32 (_add_rn),
+        so the tensor cores' truncating adds only ever see BK products."""
         acc = tl.zeros([BT, BV], dtype=tl.float32)
         hp = rows[:, None].to(tl.int64) * stride_h
         wp = cols[None, :].to(tl.int64) * stride_w
@@ -130,22 +146,24 @@ if triton is not None:
             km = ks < D
             hm = rmask[:, None] & km[None, :]
             wm = cmask[None, :] & km[:, None]
+            part = tl.zeros([BT, BV], dtype=tl.float32)
             h0 = tl.load(H0 + hp + ks[None, :], mask=hm, other=0.0)
             w0 = tl.load(W0 + wp + ks[:, None], mask=wm, other=0.0)
             if NH > 1:
                 h1 = tl.load(H1 + hp + ks[None, :], mask=hm, other=0.0)
                 h2 = tl.load(H2 + hp + ks[None, :], mask=hm, other=0.0)
-                acc = _dot(h2, w0, acc, F32DOT)
+                part = _dot(h2, w0, part, F32DOT)
             if NW > 1:
                 w1 = tl.load(W1 + wp + ks[:, None], mask=wm, other=0.0)
                 w2 = tl.load(W2 + wp + ks[:, None], mask=wm, other=0.0)
-                acc = _dot(h0, w2, acc, F32DOT)
+                part = _dot(h0, w2, part, F32DOT)
                 if NH > 1:
-                    acc = _dot(h1, w1, acc, F32DOT)
-                acc = _dot(h0, w1, acc, F32DOT)
+                    part = _dot(h1, w1, part, F32DOT)
+                part = _dot(h0, w1, part, F32DOT)
             if NH > 1:
-                acc = _dot(h1, w0, acc, F32DOT)
-            acc = _dot(h0, w0, acc, F32DOT)
+                part = _dot(h1, w0, part, F32DOT)
+            part = _dot(h0, w0, part, F32DOT)
+            acc = _add_rn(acc, part, F32DOT)
         return acc
 
     @triton.jit
