@@ -385,7 +385,7 @@ def fork_plot(doc: dict, png: Path) -> None:
 
 
 def main_fork(args) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.append(str(ROOT / "bench"))  # last: bench/rollout.py must not shadow the package
     import fork_task
 
     out = args.out or ROOT / "bench/results/ablation_fork.json"
@@ -449,7 +449,7 @@ def real_loop(args) -> None:
     """One arm and seed of the fork task through the real loop (`python -m cispo.train`): Ray
     engines, DeepSpeed ZeRO-3 learner, the reward in its worker process. Prints its rewards and
     P(fork)-sampled per step next to the in-process run's, from the JSON if that run is there."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.append(str(ROOT / "bench"))  # last: bench/rollout.py must not shadow the package
     import fork_task
 
     arm, seed = args.real_loop[0], int(args.real_loop[1])

@@ -1,19 +1,42 @@
 """Benchmark: the learner's step on GPU, and train/rollout log-prob agreement with BF16 vs FP32 head.
 
-    torchrun --nproc_per_node 1 bench/learner.py throughput [--layers 8 --hidden 2048 --experts 16
-        --tokens 16384 --steps 5 --autoep 1 --seq-min 2048 --seq-max 8192 --head-precision ieee]
-        [--out bench/results/learner.json]
+    torchrun --nproc_per_node 1 bench/learner.py throughput [--shape 2.59b|m1slice] [--tokens 16384]
+        [--steps 3] [--cases after-long,after-short,before-long] [--profile] [--autoep 1]
+        [--fla-autotune full|one] [--out bench/results/learner.json]
     python bench/learner.py agreement [--out bench/results/agreement.json]
 
-throughput: a hybrid MiniMax MoE (7 lightning : 1 softmax layers, top-2 experts, V = 200,064) under
-DeepSpeed ZeRO-3 (+ AutoEP when --autoep > 0 and it initialises), bf16, gradient checkpointing,
-lightning through fla, FP32 head with chunked log-probs (IEEE or 3xTF32 products), a CISPO-shaped
-loss (clipped IS weight × advantage × log π) on random tokens. Each step is one packed micro-batch
-of `--tokens` tokens: sequences of random lengths in [seq-min, seq-max] back to back
-(`cispo.packing`, position_ids restarting per sequence, cu_seqlens for fla), scored through the
-engine's forward as the learner does (`enable_token_scoring`). Reports tokens/s/GPU, MFU (6 ×
-active matmul parameters per token + the causal softmax-attention and lightning FLOPs, over
-989 TFLOP/s dense bf16 for an H100 SXM or H200) and peak memory.
+throughput: a hybrid MiniMax MoE (lightning : softmax layers, top-2 experts, V = 200,064) under
+DeepSpeed ZeRO-3 (+ AutoEP when --autoep > 0 and it initialises), bf16, lightning through fla, the
+FP32 head with chunked log-probs, a CISPO-shaped loss (clipped IS weight × advantage × log π) on
+random tokens. Each step is one packed micro-batch of `--tokens` tokens: sequences of random
+lengths back to back (`cispo.packing`, position_ids restarting per sequence, cu_seqlens), scored
+through the engine's forward as the learner does (`enable_token_scoring`), then backward and
+the optimizer step.
+
+Shapes (`--shape`): 2.59b = 8 layers (7 lightning : 1 softmax), hidden 2048, 16 heads × 128 (2 KV
+heads), 16 experts top-2, expert FFN 2048. m1slice = one M1 GPU's share: hidden 6144, 64 heads ×
+128 with 8 KV heads (M1's GQA), expert FFN 9216, M1's head (V = 200,064 × 6144), 4 layers (3
+lightning + 1 softmax, as the last pipeline stage of M1 holds a few layers and the head) and 4
+experts top-2 (the 4 local experts of 32 under 8-way expert parallelism: the same expert work per
+token as 32 top-2, which one GPU cannot hold with its optimizer state); the input embedding is
+frozen (it lives on M1's first stage; here it would only add 1.2B parameters of optimizer state).
+
+One process builds the model and engine once and runs each case in `--cases` on it; a case sets
+the sequence lengths and the code paths, switched in place:
+  long   lengths uniform in [seq-min, seq-max] (default 2,048–8,192)
+  short  lengths uniform in [32, 64] (hundreds of sequences: RL on short answers)
+  after  the learner's GPU paths (`cispo.models.speed.enable_fast_paths`): fused FP32-accurate
+         head (head_precision=split_bf16), varlen flash attention for the softmax layers, fused
+         RMSNorm, fla's cu_seqlens built once per forward; activation checkpointing off
+         (`--ckpt-layers` checkpoints that many layers)
+  before the previous state: chunked IEEE-FP32 torch head, transformers' sdpa with its packed
+         mask, transformers' RMSNorm, cu_seqlens per layer, every layer checkpointed
+ZeRO-3 settings are the engine's (`bench/zero3_config.py`, one for all cases). `--profile` adds one
+profiled step per case: GPU time by kind of kernel (head, GEMM, attention, fla, norm,
+elementwise, copies, optimizer, NCCL) and launches per step.
+Reports tokens/s/GPU and MFU (6 × active matmul parameters per token + the causal softmax-attention
+and lightning FLOPs, over 989 TFLOP/s dense bf16 for an H100 SXM or H200; recomputation not
+counted) and peak memory.
 
 agreement: a small hybrid model samples responses with transformers' generate (the rollout side:
 prefill through fla, then transformers' one-token recurrence with its bf16 KV state), then the
@@ -41,15 +64,30 @@ from cispo.packing import pack
 
 PEAK_BF16 = 989e12  # dense bf16 tensor-core FLOP/s, H100 SXM / H200 datasheet
 
+SHAPES = {
+    "2.59b": {"layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 2, "experts": 16, "ffn": 2048,
+              "softmax_every": 8},
+    "m1slice": {"layers": 4, "hidden": 6144, "heads": 64, "kv_heads": 8, "experts": 4, "ffn": 9216,
+                "softmax_every": 4},
+    # a CPU smoke run of this script's code (`--device cpu`), nothing to measure
+    "tiny": {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "experts": 4, "ffn": 64, "softmax_every": 2},
+}
 
-def hybrid_config(layers, hidden, heads, experts, ffn, vocab=200064):
+CASES = {  # lengths, and the code paths of `set_paths`
+    "after-long": ("long", "after"), "after-short": ("short", "after"),
+    "before-long": ("long", "before"), "before-short": ("short", "before"),
+}
+
+
+def hybrid_config(layers, hidden, heads, experts, ffn, vocab=200064, kv_heads=None, softmax_every=8):
     from transformers import MiniMaxConfig
 
     return MiniMaxConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=max(1, heads // 8), head_dim=hidden // heads,
+        num_attention_heads=heads, num_key_value_heads=kv_heads or max(1, heads // 8),
+        head_dim=hidden // heads if hidden // heads >= 64 else 128,
         num_local_experts=experts, num_experts_per_tok=2, block_size=256,
-        layer_types=["full_attention" if (i + 1) % 8 == 0 else "linear_attention"
+        layer_types=["full_attention" if (i + 1) % softmax_every == 0 else "linear_attention"
                      for i in range(layers)],
         max_position_embeddings=65536, tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1e7},
@@ -73,22 +111,140 @@ def flops_per_token(cfg, tokens):
     return dense + softmax_attn + lightning
 
 
+# kernel name → kind, first match wins (profile table)
+KINDS = [
+    ("head (fused)", ("_head_fwd", "_head_bwd", "_head_combine")),
+    ("rmsnorm (fused)", ("_rms_fwd", "_rms_bwd")),
+    ("attention (flash)", ("flash", "fmha", "attention")),
+    ("lightning (fla)", ("chunk_", "fla", "cumsum", "solve_tril", "prepare_")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("nccl / ZeRO comm", ("nccl",)),
+    ("moe grouped gemm", ("grouped", "_grouped_mm")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "sm90", "sm80", "ampere", "magma", "dot_kernel")),
+    ("copy / cast", ("copy", "memcpy", "memset", "cat", "fill")),
+    ("reduction", ("reduce", "sum", "norm", "softmax", "max", "argmax", "topk", "sort", "scan", "index",
+                   "scatter", "gather")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "pointwise", "triton_")),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_table(prof) -> dict:
+    """GPU time and launches per kind of kernel, and the top kernels, from one profiled step."""
+    kinds: dict[str, dict[str, float]] = {}
+    top = []
+    for ev in prof.key_averages():
+        if getattr(ev, "device_type", None) is None or ev.device_type.name != "CUDA":
+            continue
+        us = getattr(ev, "self_device_time_total", None)
+        if us is None:
+            us = getattr(ev, "self_cuda_time_total", 0.0)
+        if us <= 0:
+            continue
+        k = kind_of(ev.key)
+        d = kinds.setdefault(k, {"ms": 0.0, "launches": 0})
+        d["ms"] += us / 1e3
+        d["launches"] += ev.count
+        top.append((us / 1e3, ev.count, ev.key[:90]))
+    total = sum(d["ms"] for d in kinds.values()) or 1.0
+    for d in kinds.values():
+        d["share"] = d["ms"] / total
+    top.sort(reverse=True)
+    return {"gpu_ms": total, "launches": sum(d["launches"] for d in kinds.values()),
+            "kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]["ms"])),
+            "top_kernels": [{"ms": t, "count": c, "name": n} for t, c, n in top[:25]]}
+
+
+def make_batch(cfg, tokens, seq_min, seq_max, seed, dev="cuda"):
+    g = torch.Generator().manual_seed(seed)
+    lengths = []
+    while sum(lengths) < tokens:
+        n = int(torch.randint(seq_min, seq_max + 1, (1,), generator=g))
+        lengths.append(min(n, tokens - sum(lengths)))
+    if lengths[-1] < 2 and len(lengths) > 1:  # a 1-token tail scores nothing: merge it
+        tail = lengths.pop()
+        lengths[-1] += tail
+    seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    p = pack(seqs)
+    kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in p.model_kwargs().items()}
+    adv = torch.randn(1, tokens, generator=g).to(dev)
+    return {"lengths": lengths, "kwargs": kwargs, "targets": p.targets.to(dev),
+            "valid": p.valid.to(dev).float(), "adv": adv,
+            "old_lp": torch.full((1, tokens), -12.0, device=dev)}
+
+
+def set_paths(model, which: str, ckpt_layers: int | None) -> dict:
+    """Switch the model in place to the `after` (the learner's GPU paths) or `before` code paths."""
+    from cispo.models import lightning, speed
+
+    if which == "after":
+        info = speed.enable_fast_paths(model)
+        lightning.CACHE_CU_SEQLENS = True
+        speed.checkpoint_layers(model, ckpt_layers or 0)
+    else:
+        info = speed.disable_fast_paths(model)
+        lightning.CACHE_CU_SEQLENS = False
+        speed.checkpoint_layers(model, None)  # every layer, as before
+    return info
+
+
+def step(engine, b, timed=True):
+    lp, _ = engine(**b["kwargs"], targets=b["targets"])
+    w = torch.exp(lp.detach() - b["old_lp"]).clamp(max=1.28)  # CISPO: sg(clip(r)) · Â · log π
+    loss = -(w * b["adv"] * lp * b["valid"]).sum() / b["valid"].sum()
+    engine.backward(loss)
+    engine.step()
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def throughput(a):
+    cpu = a.device == "cpu"
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    deepspeed.init_distributed("nccl")
+    t_start = time.perf_counter()
+    deepspeed.init_distributed("gloo" if cpu else "nccl")
     rank = int(os.environ.get("RANK", 0))
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dev = "cpu" if cpu else "cuda"
+    if not cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    sync = (lambda: None) if cpu else torch.cuda.synchronize
     from transformers import MiniMaxForCausalLM
 
-    cfg = hybrid_config(a.layers, a.hidden, a.heads, a.experts, a.ffn)
+    from cispo.models import speed
+
+    shape = {**SHAPES[a.shape], **{k: v for k, v in (("layers", a.layers), ("experts", a.experts)) if v}}
+    cfg = hybrid_config(shape["layers"], shape["hidden"], shape["heads"], shape["experts"], shape["ffn"],
+                        kv_heads=shape["kv_heads"], softmax_every=shape["softmax_every"])
     torch.manual_seed(0)
+    if a.fla_autotune == "one":
+        speed.limit_fla_autotune()
+    moe = None
+    if a.moe_bench and not cpu:  # AutoEP's expert backends on this shape's MoE layer (bench/moe.py)
+        from moe import bench_experts, summary
+
+        try:
+            moe = bench_experts(shape["hidden"], shape["ffn"], shape["experts"], 2, a.tokens)
+            if rank == 0:
+                print("moe: " + summary(moe), flush=True)
+        except Exception as e:  # noqa: BLE001 - the step measurement matters more
+            moe = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
 
     def build():
-        with torch.device("cuda"):  # random init on the GPU: minutes faster than on CPU
+        with torch.device(dev):  # random init on the GPU: minutes faster than on CPU
             m = MiniMaxForCausalLM(cfg)
         apply_fp32_head(m)
-        m.lm_head.precision = a.head_precision
         patch_lightning_attention(m)
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.config.use_cache = False
@@ -96,62 +252,113 @@ def throughput(a):
 
     model = build()
     n_params = sum(p.numel() for p in model.parameters())
-    ds = zero3_bench_config(a.autoep)
-    autoep_note = "off"
-    try:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-        autoep_note = f"autoep_size={a.autoep}" if a.autoep else "off"
-    except Exception as e:  # noqa: BLE001 - record why AutoEP failed, then measure without it
-        if not a.autoep:
-            raise
-        autoep_note = f"AutoEP failed ({type(e).__name__}: {str(e)[:200]}); ran without"
-        ds.pop("expert_parallel")
-        model = build()
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    if a.shape == "m1slice":
+        # the input embedding lives on M1's first pipeline stage, not on this one (the last: a
+        # few layers and the head); frozen here it costs no gradient or optimizer memory
+        model.get_input_embeddings().weight.requires_grad_(False)
+    ds = zero3_bench_config(a.autoep, model=model, prefetch_layers=a.prefetch_layers,
+                            grouped_mm_backend=a.grouped_mm_backend)
+    if cpu:  # the smoke run: FP32 on CPU, torch's plain AdamW
+        ds["bf16"]["enabled"] = False
+        ds["optimizer"]["params"].pop("fused", None)
+    # the tuned config first; if DeepSpeed refuses it, ZeRO-3's own sizes, then without AutoEP:
+    # each failure is recorded, and the step is still measured
+    plain = {"stage": 3, "overlap_comm": True}
+    attempts = [dict(ds), {**ds, "zero_optimization": plain}]
+    if a.autoep:
+        attempts.append({k: v for k, v in ds.items() if k != "expert_parallel"} | {"zero_optimization": plain})
+    notes = []
+    for i, trial in enumerate(attempts):
+        if i:
+            model = build()
+            if a.shape == "m1slice":
+                model.get_input_embeddings().weight.requires_grad_(False)
+        try:
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable(model), config=trial)
+            ds = trial
+            break
+        except Exception as e:  # noqa: BLE001 - record why, then try the next config
+            notes.append(f"config {i} failed ({type(e).__name__}: {str(e)[:200]})")
+            if i == len(attempts) - 1:
+                raise
+            del model
+            torch.cuda.empty_cache() if not cpu else None
+    autoep_note = (f"autoep_size={a.autoep}" if "expert_parallel" in ds else "off") + (
+        "; " + "; ".join(notes) if notes else "")
     ep_layers = sum(type(m).__name__ == "AutoEPMoELayer" for m in engine.module.modules())
-    g = torch.Generator().manual_seed(rank)
-    lengths = []
-    while sum(lengths) < a.tokens:
-        n = int(torch.randint(a.seq_min, a.seq_max + 1, (1,), generator=g))
-        lengths.append(min(n, a.tokens - sum(lengths)))
-    seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
-    p = pack(seqs)
-    kwargs = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in p.model_kwargs().items()}
-    targets, valid = p.targets.cuda(), p.valid.cuda().float()
-    adv = torch.randn(1, a.tokens, generator=g).cuda()
-    old_lp = torch.full((1, a.tokens), -12.0, device="cuda")
-    times = []
-    torch.cuda.reset_peak_memory_stats()
-    for step in range(a.steps + 2):
-        torch.cuda.synchronize()
+    setup_s = time.perf_counter() - t_start
+    res = {"device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__, "shape": a.shape,
+           "params_total": n_params, **shape, "vocab": cfg.vocab_size, "tokens_per_gpu": a.tokens,
+           "autoep": autoep_note, "autoep_layers": ep_layers, "zero": ds["zero_optimization"],
+           "expert_parallel": ds.get("expert_parallel"),
+           "fla_autotune": a.fla_autotune, "setup_s": setup_s, "moe_backends": moe, "cases": {}}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in a.cases.split(","):
+        kind, which = CASES[name]
+        lo, hi = (a.seq_min, a.seq_max) if kind == "long" else (a.short_min, a.short_max)
+        b = make_batch(cfg, a.tokens, lo, hi, seed=rank, dev=dev)
+        info = set_paths(engine.module, which, a.ckpt_layers)
         t0 = time.perf_counter()
-        lp, _ = engine(**kwargs, targets=targets)
-        w = torch.exp(lp.detach() - old_lp).clamp(max=1.28)  # CISPO: sg(clip(r)) · Â · log π
-        loss = -(w * adv * lp * valid).sum() / valid.sum()
-        engine.backward(loss)
-        engine.step()
-        torch.cuda.synchronize()
-        if step >= 2:
+        for _ in range(a.warmup):
+            step(engine, b)
+        sync()
+        warm_s = time.perf_counter() - t0
+        if not cpu:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(a.steps):
+            sync()
+            t0 = time.perf_counter()
+            step(engine, b)
+            sync()
             times.append(time.perf_counter() - t0)
-    s = statistics.median(times)
-    context = sum(n * n for n in lengths) / sum(lengths)
-    f = flops_per_token(cfg, context)
-    head_share = 6 * cfg.vocab_size * cfg.hidden_size / f
-    res = {"device": torch.cuda.get_device_name(), "params_total": n_params, "layers": a.layers,
-           "hidden": a.hidden, "experts": a.experts, "expert_ffn": a.ffn, "tokens_per_gpu": a.tokens,
-           "sequence_lengths": lengths, "head_precision": a.head_precision,
-           "autoep": autoep_note, "autoep_layers": ep_layers, "step_s": s,
-           "tokens_per_s_per_gpu": a.tokens / s, "flops_per_token": f, "head_flop_share": head_share,
-           "mfu": a.tokens / s * f / PEAK_BF16,
-           "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "step_times": times}
+        s = statistics.median(times)
+        lengths = b["lengths"]
+        context = sum(n * n for n in lengths) / sum(lengths)
+        f = flops_per_token(cfg, context)
+        row = {"paths": which, "paths_info": info, "sequences": len(lengths),
+               "length_min": min(lengths), "length_max": max(lengths), "warmup_s": warm_s,
+               "step_s": s, "step_times": times, "tokens_per_s_per_gpu": a.tokens / s,
+               "flops_per_token": f, "head_flop_share": 6 * cfg.vocab_size * cfg.hidden_size / f,
+               "mfu": a.tokens / s * f / PEAK_BF16,
+               "peak_gib": 0.0 if cpu else torch.cuda.max_memory_allocated() / 2**30}
+        if a.profile and not cpu:
+            from torch.profiler import ProfilerActivity, profile
+
+            try:
+                sync()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    t0 = time.perf_counter()
+                    step(engine, b)
+                    sync()
+                    wall = time.perf_counter() - t0
+                row["profile"] = profile_table(prof)
+                # GPU time summed over kernels vs the step's wall time: the gap is the GPU waiting
+                # on the host (Python, DeepSpeed's hooks, launches, syncs)
+                row["profile"]["wall_ms"] = wall * 1e3
+            except Exception as e:  # noqa: BLE001 - a profiler problem must not lose the timings
+                row["profile_error"] = f"{type(e).__name__}: {e}"
+        from cispo.ops import fused_head
+
+        row["fused_mm_path"] = fused_head.MM_PATH
+        res["cases"][name] = row
+        out.write_text(json.dumps(res, indent=1))  # after every case: a timeout keeps the rest
+        if rank == 0:
+            print(f"{name}: {len(lengths)} seqs, {s:.3f} s/step, {row['tokens_per_s_per_gpu']:.0f} tok/s, "
+                  f"MFU {row['mfu']:.3f}, peak {row['peak_gib']:.1f} GiB (warm-up {warm_s:.1f} s)", flush=True)
     if rank == 0:
-        print(json.dumps(res, indent=1))
-        print(f"\n{res['device']}: {n_params / 1e9:.2f}B hybrid MoE, ZeRO-3, AutoEP {autoep_note} "
-              f"({ep_layers} layers replaced), head {a.head_precision}, {a.tokens} tokens/GPU in "
-              f"{len(lengths)} packed sequences: {s:.3f} s/step, {res['tokens_per_s_per_gpu']:.0f} "
-              f"tokens/s/GPU, MFU {res['mfu']:.3f}, peak {res['peak_gib']:.1f} GiB")
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+        print(f"\n{res['device']}: {a.shape} {n_params / 1e9:.2f}B, ZeRO-3, AutoEP {autoep_note} "
+              f"({ep_layers} layers), {a.tokens} tokens/GPU, setup {setup_s:.0f} s")
+        print(f"{'case':>13} | seqs | s/step | tok/s/GPU |   MFU | peak GiB")
+        for name, r in res["cases"].items():
+            print(f"{name:>13} | {r['sequences']:4d} | {r['step_s']:6.3f} | {r['tokens_per_s_per_gpu']:9.0f} | "
+                  f"{r['mfu']:.3f} | {r['peak_gib']:.1f}")
+        for name, r in res["cases"].items():
+            if "profile" in r:
+                p = r["profile"]
+                print(f"{name}: GPU {p['gpu_ms']:.0f} of {p.get('wall_ms', 0):.0f} ms, {p['launches']} launches: " + ", ".join(
+                    f"{k} {v['ms']:.0f} ms/{v['launches']}" for k, v in list(p["kinds"].items())[:7]))
 
 
 def pearson(x, y):
@@ -217,17 +424,29 @@ def agreement(a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["throughput", "agreement"])
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--experts", type=int, default=16)
-    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--shape", choices=list(SHAPES), default="2.59b")
+    ap.add_argument("--layers", type=int, default=0, help="throughput: override the shape's layers")
+    ap.add_argument("--hidden", type=int, default=2048, help="agreement model")
+    ap.add_argument("--heads", type=int, default=16, help="agreement model")
+    ap.add_argument("--experts", type=int, default=0, help="throughput: override the shape's experts; agreement: 16")
+    ap.add_argument("--ffn", type=int, default=2048, help="agreement model")
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--cases", default="after-long,after-short,before-long")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ckpt-layers", type=int, default=0, help="after: layers whose activations are recomputed")
+    ap.add_argument("--prefetch-layers", type=int, default=2, help="ZeRO-3 layers gathered ahead (the plan's)")
+    ap.add_argument("--fla-autotune", choices=["full", "one"], default="full",
+                    help="one: each fla kernel compiles one config instead of autotuning dozens (short device calls)")
     ap.add_argument("--autoep", type=int, default=1)
+    ap.add_argument("--grouped-mm-backend", default=None, help="AutoEP experts: grouped_mm | fused_gate_up | loop")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke run of the code")
+    ap.add_argument("--moe-bench", action="store_true", help="first time AutoEP's expert backends (bench/moe.py)")
     ap.add_argument("--seq-min", type=int, default=2048)
     ap.add_argument("--seq-max", type=int, default=8192)
-    ap.add_argument("--head-precision", choices=["ieee", "3xtf32"], default="ieee")
+    ap.add_argument("--short-min", type=int, default=32)
+    ap.add_argument("--short-max", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
@@ -237,6 +456,8 @@ def main():
     ap.add_argument("--states", default="model,fp32", help="agreement: decode lightning-state dtypes")
     a = ap.parse_args()
     a.out = a.out or f"bench/results/{'learner' if a.mode == 'throughput' else 'agreement'}.json"
+    if a.mode == "agreement":
+        a.layers, a.experts = a.layers or 8, a.experts or 16
     (throughput if a.mode == "throughput" else agreement)(a)
 
 

@@ -78,7 +78,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # registry name (rollout.engines)
+    engine: str = "hf"  # registry name (rollout.engines): hf, graph (CUDA graphs), vllm
     num_workers: int = 2  # GenerationWorker Ray actors
     prompts_per_step: int = 64
     group_size: int = 8  # G samples per prompt (M1 report: 16 in later stages)
@@ -98,8 +98,16 @@ class RolloutConfig:
     torch_threads: int = 1  # intra-op threads per worker on CPU
     # weight sync: the learner gathers (ZeRO-3) and ships the weights in buckets of this size
     sync_bucket_mb: float = 256.0  # MiB per bucket; bounds the full weights a learner rank holds
-    # one-step off-policy: generate step k+1 while the learner trains on step k (the samples are
-    # one sync older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
+    # how the weights travel (cispo.placement): auto = CUDA IPC when colocated on GPUs, NCCL
+    # broadcast when separate, the Ray object store on CPU; or object_store | ipc | broadcast
+    # (on CPU: ipc = shared-memory files, broadcast = gloo)
+    sync_transport: str = "auto"
+    # parallel.placement=colocated: engines release their cache memory while the learner trains
+    # (Engine.sleep/wake). false keeps it (and the graph engine's captured graphs) across steps,
+    # for a GPU that holds both at once
+    sleep_while_training: bool = True
+    # off-policy: later steps' rollouts are generated while the learner trains (max_staleness
+    # syncs older; CISPO's weight then uses the rollout's log-probs). `async` is a Python
     # keyword, hence the name.
     async_generation: bool = False
     # with async_generation: how many weight syncs old a rollout may be when it is trained on
@@ -114,6 +122,11 @@ class RolloutConfig:
     # Ray placement group per engine (parallel.rollout_tensor_parallel x rollout_pipeline_parallel
     # bundles of the per-worker CPUs/GPUs, packed on one node): auto = with GPUs only, on, off
     placement_groups: str = "auto"
+    # rollout.engine=graph: the engine's whole share of its GPU (weights, slot pool, activations)
+    # as a fraction of the device memory; the pool takes what parallel.rollout_concurrency
+    # sequences need up to that (our choice: half, leaving the rest to a colocated learner)
+    gpu_memory_fraction: float = 0.5
+    cuda_graphs: bool = True  # rollout.engine=graph: capture decode steps (false: eager, debugging)
     # extra vllm.LLM / engine settings for rollout.engine=vllm, e.g.
     # {gpu_memory_utilization: 0.85, colocated: true}
     vllm: dict[str, Any] = field(default_factory=dict)
@@ -231,15 +244,27 @@ class LearnerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # with gradient_checkpointing: how many decoder layers recompute their activations in backward
+    # (-1: all; k: the k that hold the most, cispo.models.speed.checkpoint_layers). The plan's
+    # learner.checkpoint_layers_needed is the fewest that fit the GPU (selective checkpointing)
+    checkpoint_layers: int = -1
     # DeepSpeed AutoEP (with parallel.expert_parallel > 1): its routing preset and the regex of
     # the MoE blocks it replaces
     autoep_preset: str = "mixtral"  # AutoEP's routing preset; mixtral = MiniMax's routing
     autoep_layer_pattern: str = r"model\.layers\.\d+\.mlp"  # regex of the MoE blocks to replace
-    # the FP32 head's products in the learner's log-prob pass: ieee (M1: TF32 off) or 3xtf32
-    # (three TF32 tensor-core products per FP32 product: ~2^-21 relative error, ~3x faster)
-    head_precision: str = "ieee"
+    # AutoEP's expert GEMMs: grouped_mm (torch._grouped_mm, gate and up apart: DeepSpeed's
+    # default), fused_gate_up (one grouped GEMM for both) or loop (one GEMM per expert)
+    grouped_mm_backend: str = "grouped_mm"
+    # the FP32 head's log-prob pass: split_bf16 (fused Triton kernels, FP32-accurate from bf16
+    # tensor-core products; the IEEE path on CPU), ieee (torch, IEEE FP32, TF32 off: the
+    # reference, M1's FP32 head) or 3xtf32 (torch, three TF32 products per FP32 product)
+    head_precision: str = "split_bf16"
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state + step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
+    # parallel.placement=colocated: move the optimizer state, FP32 master weights and gradients
+    # to host memory while the engines generate (and back before training), so a GPU too small
+    # for both still holds them in turn; costs two host<->GPU copies of that state per step
+    offload_while_generating: bool = False
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     torch_threads: int = 2
@@ -266,6 +291,9 @@ class LoggingConfig:
     # train.log gets every step's line either way
     progress_every_s: float = 30.0
     samples_per_step: int = 4  # completions logged per step to samples.jsonl and W&B (0 = none)
+    # a step whose learner passes are profiled (torch.profiler, rank 0): the table of the
+    # heaviest ops goes to run_dir/profile_learn_step<N>.txt; null = none
+    profile_learn_step: int | None = None
 
 
 @dataclass
@@ -313,11 +341,13 @@ class ParallelConfig:
     # group's shards together; must hold the longest sequence. 0: learner.micro_batch_size
     # padded rows (the planner then counts micro_batch_size x the longest sequence)
     micro_batch_tokens: int = 0
-    # tokens per chunk of the learner's FP32 LM-head log-prob op; 0 = the op's default tile
-    # (2^25 logits, cispo.ops.chunked_logprobs); the planner then assumes the whole micro-batch
+    # tokens per chunk of the learner's FP32 LM-head log-prob op (the fused op's backward chunk;
+    # the torch ops' tile); 0 = the op's default (fused: 2 GiB of bf16 logit gradients; torch:
+    # 2^25 logits); the planner then assumes the whole micro-batch
     head_chunk_tokens: int = 0
-    # the planner's assumption of ZeRO-3's working set: layers gathered at once (current +
-    # prefetched); DeepSpeed's own prefetch bucket governs the learner (our choice)
+    # ZeRO-3's working set: layers gathered at once (current + prefetched); the planner counts
+    # it and the learner sizes DeepSpeed's prefetch/bucket sizes from it
+    # (cispo.models.speed.zero3_tuning) (our choice)
     prefetch_layers: int = 2
     rollout_tensor_parallel: int = 1  # GPUs per engine in one tensor-parallel group
     rollout_pipeline_parallel: int = 1  # pipeline stages per engine (engine GPUs = tp x pp)
@@ -325,8 +355,8 @@ class ParallelConfig:
     # all of its share of the step (prompts_per_step x group_size / rollout.num_workers)
     rollout_concurrency: int = 0
     rollout_batched_tokens: int = 8192  # tokens per engine forward (vLLM max_num_batched_tokens)
-    # where the engines sit: "separate" (their own GPUs; weights cross by broadcast) or
-    # "colocated" (on the learner's GPUs, sleeping while it trains; issue 16 wires the hand-over)
+    # where the engines sit (cispo.placement): "separate" = GPUs of their own (weights by NCCL
+    # broadcast); "colocated" = on the learner's GPUs, taking turns with it (weights by CUDA IPC)
     placement: str = "separate"
 
 

@@ -196,13 +196,27 @@ def value_problems(cfg) -> list[str]:
                         f"with each other; one sample per prompt makes every advantage 0: use >= 2")
     if cfg.rollout.routing_replay and P.micro_batch_tokens:
         problems.append("rollout.routing_replay replays padded rows only: set parallel.micro_batch_tokens=0")
-    if not cfg.model.fp32_lm_head:
-        for key, value, off in (("parallel.head_chunk_tokens", P.head_chunk_tokens, 0),
-                                ("learner.head_precision", cfg.learner.head_precision, "ieee")):
-            if value != off:
+    if not cfg.model.fp32_lm_head:  # the defaults (split_bf16, and ieee) mean nothing without it
+        for key, value, off in (("parallel.head_chunk_tokens", P.head_chunk_tokens, (0,)),
+                                ("learner.head_precision", cfg.learner.head_precision, ("split_bf16", "ieee"))):
+            if value not in off:
                 problems.append(f"{key}={value} applies to the FP32 LM head: set model.fp32_lm_head=true")
     problems += _size_problems(cfg) + _sandbox_problems(cfg) + _recipe_problems(cfg)
+    problems += placement_problems(cfg) + _engine_problems(cfg)
     return problems
+
+
+def _engine_problems(cfg) -> list[str]:
+    """`rollout.engine` names an engine `rollout/engines/*.py` registers (read from their
+    source: no torch import here), so a typo is one line now rather than a KeyError inside a
+    generation worker after the model has loaded."""
+    from rollout.engines import declared_names
+
+    names = declared_names()
+    if cfg.rollout.engine not in names:
+        return [f"rollout.engine={cfg.rollout.engine!r}: use one of {', '.join(sorted(names))} (an engine "
+                "of your own is a module in rollout/engines/ that uses @register_engine)"]
+    return []
 
 
 def _recipe_problems(cfg) -> list[str]:
@@ -265,3 +279,25 @@ def local_ray_problems(cfg) -> list[str]:
                 f"'{S.resource}' resource: join that cluster with ray.address (launch/), or score "
                 "on this machine with sandbox.placement=local"]
     return []
+
+
+def placement_problems(cfg) -> list[str]:
+    """`parallel.placement` with the transport and resources asked for (cispo.placement)."""
+    from cispo.placement import PLACEMENTS, TRANSPORTS, choose_transport, plan_layout
+
+    R, L = cfg.rollout, cfg.learner
+    if cfg.parallel.placement not in PLACEMENTS or R.sync_transport not in TRANSPORTS:
+        return []  # the value rules (cispo.config_rules) say so, once
+    on_gpu = L.num_gpus_per_worker > 0 or R.num_gpus_per_worker > 0
+    problems = []
+    if L.offload_while_generating and cfg.parallel.placement != "colocated":
+        problems.append("learner.offload_while_generating=true makes room for engines on the learner's "
+                        "GPUs: it needs parallel.placement=colocated (separate engines have GPUs of their own)")
+    try:
+        choose_transport(cfg.parallel.placement, on_gpu, R.sync_transport)
+        plan_layout(cfg.parallel.placement, L.num_workers, L.num_cpus_per_worker, L.num_gpus_per_worker,
+                    R.num_workers, R.num_cpus_per_worker, R.num_gpus_per_worker,
+                    cfg.parallel.rollout_tensor_parallel * cfg.parallel.rollout_pipeline_parallel)
+    except ValueError as e:
+        problems.append(str(e))
+    return problems

@@ -8,7 +8,8 @@ nothing or a traceback from inside a worker half a minute later.
 
 Keys whose values name something registered (`rollout.engine`, `algorithm.loss`,
 `algorithm.advantage`, reward names) are checked against their registries where those are
-read; free-form strings (paths, names, patterns) have no rule. Every int and float key has one:
+read (`rollout.engine` at start-up too, against the names `rollout/engines/*.py` register);
+booleans need no rule (the schema's type refuses anything else); free-form strings (paths, names, patterns) have no rule. Every int and float key has one:
 `tests/test_config_values.py` fails on a new numeric key without it.
 """
 
@@ -110,6 +111,9 @@ RULES: dict[str, Range | Choice | Each] = {
     "rollout.placement_groups": one_of("auto", "on", "off"),
     "rollout.max_staleness": at_least(1, "async generation is at least 1 step off-policy; for "
                                          "on-policy rollouts set rollout.async_generation=false"),
+    "rollout.sync_transport": one_of("auto", "object_store", "ipc", "broadcast",
+                                     note="auto: ipc colocated on GPUs, broadcast separate, object_store on CPU"),
+    "rollout.gpu_memory_fraction": Range(0, 1, lo_open=True, note="rollout.engine=graph: its share of the GPU"),
     "reward.timeout_s": SECONDS, "reward.error_score": Range(), "reward.max_concurrency": COUNT, "reward.num_workers": COUNT,
     "reward.max_consecutive_timeouts": OPTIONAL_COUNT,
     "reward.length_penalty.max_length": COUNT, "reward.length_penalty.cache": at_least(0),
@@ -130,9 +134,13 @@ RULES: dict[str, Range | Choice | Each] = {
     "learner.weight_decay": at_least(0), "learner.grad_clip": at_least(0, "0 = off"),
     "learner.num_cpus_per_worker": at_least(0), "learner.num_gpus_per_worker": at_least(0),
     "learner.torch_threads": COUNT, "learner.master_port": Range(0, 65535, note="0 = pick a free port"),
+    "learner.checkpoint_layers": at_least(-1, "-1 = every layer; k = the k that hold the most activations"),
+    "learner.head_precision": one_of("split_bf16", "ieee", "3xtf32"),  # cispo.models.fp32_head
+    "learner.grouped_mm_backend": one_of("grouped_mm", "fused_gate_up", "loop"),  # cispo.models.speed
     "trainer.total_steps": COUNT, "trainer.save_every": OPTIONAL_COUNT, "trainer.seed": at_least(0),
     "logging.wandb_mode": one_of("auto", "online", "offline", "disabled"),
     "logging.progress_every_s": positive(), "logging.samples_per_step": at_least(0),
+    "logging.profile_learn_step": at_least(0, "a step number; null = none"),
     "ray.num_cpus": COUNT,
     "cluster.nodes": COUNT, "cluster.gpus_per_node": at_least(0), "cluster.gpu_memory_gib": positive(),
     "cluster.cpus_per_node": at_least(0), "cluster.cpu_nodes": at_least(0),
@@ -141,13 +149,15 @@ RULES: dict[str, Range | Choice | Each] = {
     "parallel.head_chunk_tokens": at_least(0), "parallel.prefetch_layers": COUNT,
     "parallel.rollout_tensor_parallel": COUNT, "parallel.rollout_pipeline_parallel": COUNT,
     "parallel.rollout_concurrency": at_least(0), "parallel.rollout_batched_tokens": COUNT,
+    "parallel.placement": one_of("colocated", "separate", note="cispo.placement"),
     "schedule.windows": Each(COUNT), "schedule.eps_high": Each(at_least(0)),
     "schedule.grad_clip": Each(at_least(0)), "schedule.p99_fraction": PROBABILITY,
     "schedule.ppl_rel_tol": at_least(0), "schedule.ppl_window": COUNT,
     "schedule.min_steps_per_stage": at_least(0),
 }
-# checked where they are read (a layout function, a size parser) with their own messages
-CHECKED_ELSEWHERE = ("parallel.placement", "parallel.expert_parallel", "parallel.sequence_parallel",
+# checked where they are read (a layout function, a size parser) with their own messages;
+# rollout.engine against the engines rollout/engines/*.py register (cispo.config_check)
+CHECKED_ELSEWHERE = ("parallel.expert_parallel", "parallel.sequence_parallel",
                      "parallel.micro_batch_tokens", "sandbox.memory_mb", "reward.worker_memory_mb",
                      "sandbox.placement")
 

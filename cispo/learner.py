@@ -55,26 +55,34 @@ def _free_port() -> int:
 def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]] | None = None,
             prompt_tokens: list[float] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded [B, L] ids plus [B, L-1] response mask / targets aligned with logits[:, :-1];
-    `prompt_tokens` [B]: each row's prompt-group token total (normalization="prompt")."""
-    width = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
+    `prompt_tokens` [B]: each row's prompt-group token total (normalization="prompt").
+    Built with one tensor per field and index arithmetic, not per-row slices: a step's 1,024
+    rows would otherwise cost tens of milliseconds of Python here."""
     B = len(items)
+    plen = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
+    rlen = torch.tensor([len(it.response_ids) for it in items], dtype=torch.long)
+    lengths = plen + rlen
+    width = int(lengths.max())
     ids = torch.full((B, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, width), dtype=torch.long)
+    flat = torch.tensor([t for it in items for t in (*it.prompt_ids, *it.response_ids)], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(B), lengths)
+    cols = torch.arange(len(flat)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    ids[rows, cols] = flat
+    attn = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    # logits at position t predict token t+1: response token j sits at p+j, scored at p+j-1
+    rrows = torch.repeat_interleave(torch.arange(B), rlen)
+    rcols = (torch.arange(int(rlen.sum())) - torch.repeat_interleave(rlen.cumsum(0) - rlen, rlen)
+             + torch.repeat_interleave(plen - 1, rlen))
     mask = torch.zeros((B, width - 1))
+    mask[rrows, rcols] = 1.0
     rollout_lp = torch.zeros((B, width - 1))
+    rollout_lp[rrows, rcols] = torch.tensor([x for it, r in zip(items, rlen.tolist(), strict=True)
+                                             for x in it.rollout_logprobs[:r]], dtype=torch.float32)
     old = torch.zeros((B, width - 1))
-    adv = torch.zeros(B)
-    for i, it in enumerate(items):
-        seq = it.prompt_ids + it.response_ids
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attn[i, :len(seq)] = 1
-        p, r = len(it.prompt_ids), len(it.response_ids)
-        # logits at position t predict token t+1: response token j sits at p+j, scored at p+j-1
-        mask[i, p - 1:p - 1 + r] = 1.0
-        rollout_lp[i, p - 1:p - 1 + r] = torch.tensor(it.rollout_logprobs[:r])
-        if old_logprobs is not None:
-            old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
-        adv[i] = it.advantage
+    if old_logprobs is not None:
+        old[rrows, rcols] = torch.tensor([x for o, r in zip(old_logprobs, rlen.tolist(), strict=True)
+                                          for x in o[:r]], dtype=torch.float32)
+    adv = torch.tensor([float(it.advantage) for it in items], dtype=torch.float32)
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
            "old_logprobs": old, "advantages": adv}
     if prompt_tokens is not None:
@@ -93,7 +101,7 @@ def worker_config(learner: Any, parallel: Any, model: Any) -> dict:
     lay = learner_layout(learner, parallel)
     return {**_plain(learner), "expert_parallel": lay.expert_parallel,
             "sequence_parallel": lay.sequence_parallel, "micro_batch_tokens": lay.micro_batch_tokens,
-            "head_chunk_tokens": parallel.head_chunk_tokens, "dtype": model.dtype,
+            "head_chunk_tokens": parallel.head_chunk_tokens, "prefetch_layers": parallel.prefetch_layers, "dtype": model.dtype,
             "trust_remote_code": model.trust_remote_code, "fp32_lm_head": model.fp32_lm_head,
             "rotary_dim": model.rotary_dim}
 
@@ -106,11 +114,17 @@ def autoep_config(size: int, preset: str = "mixtral", pattern: str = r"model\.la
     return {"enabled": True, "autoep_size": size, "preset_model": preset, "moe_layer_pattern": pattern}
 
 
-def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
+def deepspeed_config(cfg: dict, n_micro: int, world_size: int, model: torch.nn.Module | None = None) -> dict:
     """The DeepSpeed config of a `worker_config` dict (docs/configuration.md, `learner:` and
-    `parallel:`)."""
+    `parallel:`). Given the model, ZeRO-3's prefetch and bucket sizes come from its layer size and
+    the plan's `parallel.prefetch_layers` (`cispo.models.speed.zero3_tuning`) instead of
+    DeepSpeed's fixed defaults."""
     stage = cfg["zero_stage"]
     zero: dict[str, Any] = {"stage": stage}
+    if model is not None and stage == 3:
+        from cispo.models.speed import zero3_tuning
+
+        zero.update(zero3_tuning(model, cfg.get("prefetch_layers", 2), world_size))
     if cfg.get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if cfg.get("offload_params"):
@@ -126,7 +140,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         # torch's AdamW: no JIT-built fused/CPU Adam needed (also when the optimizer is offloaded)
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg["lr"], "betas": [cfg["beta1"], cfg["beta2"]], "eps": cfg["eps"],
-            "weight_decay": cfg["weight_decay"], "torch_adam": True}},
+            "weight_decay": cfg["weight_decay"], "torch_adam": True,
+            # on GPU torch's fused AdamW: one kernel per step instead of a dozen elementwise passes
+            **({"fused": True} if (cfg.get("num_gpus_per_worker", 0) > 0 and torch.cuda.is_available()
+                                   and not cfg.get("offload_optimizer")) else {})}},
         "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
         "steps_per_print": 10**9,
@@ -136,6 +153,10 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
         if world_size % ep:
             raise ValueError(f"parallel.expert_parallel={ep} must divide learner.num_workers={world_size}")
         ds["expert_parallel"] = autoep_config(ep, cfg["autoep_preset"], cfg["autoep_layer_pattern"])
+        if cfg.get("grouped_mm_backend"):  # the experts' GEMMs (cispo.models.speed, bench/moe.py)
+            from cispo.models.speed import autoep_grouped_mm
+
+            ds["expert_parallel"].update(autoep_grouped_mm(cfg["grouped_mm_backend"]))
     return ds
 
 
@@ -143,6 +164,17 @@ def deepspeed_config(cfg: dict, n_micro: int, world_size: int) -> dict:
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, master_port: int, model_path: str,
                  cfg: dict, n_micro: int, temperature: float):
+        import time
+
+        t0 = time.time()
+        self.init_times: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            nonlocal t0
+            now = time.time()
+            self.init_times[name] = now - t0
+            t0 = now
+
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port),
                            "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"})
         gpu = torch.cuda.is_available() and cfg["num_gpus_per_worker"] > 0
@@ -159,16 +191,23 @@ class LearnerWorker:
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if gpu else "gloo")
+        mark("import")
         deepspeed.init_distributed(dist_backend=backend)
+        mark("init_distributed")
         self.rank, self.world_size, self.n_micro, self.temperature = rank, world_size, n_micro, temperature
         self.zero_stage = cfg["zero_stage"]
-        from cispo.models.fp32_head import enable_token_scoring
+        from cispo.models.fp32_head import HEAD_PRECISIONS, FP32LMHead, enable_token_scoring
 
         model = load_model(model_path, cfg["dtype"], cfg.get("trust_remote_code", False),
                            fp32_head=cfg["fp32_lm_head"], rotary_dim=cfg["rotary_dim"])
         self.pad_id = load_tokenizer(model_path).pad_token_id
+        mark("load_model")
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.get("checkpoint_layers", -1) >= 0:  # selective: only the layers the plan needs
+                from cispo.models.speed import checkpoint_layers
+
+                checkpoint_layers(model, cfg["checkpoint_layers"])
         model.config.use_cache = False
         enable_token_scoring(model)
         # sequence parallelism: consecutive ranks share each packed row (cispo.seqpar)
@@ -179,18 +218,40 @@ class LearnerWorker:
 
             self.sp = seqpar.patch_model(model, seqpar.new_groups(self.sp_size))
         head = model.get_output_embeddings()
-        for key, attr, off in (("head_precision", "precision", "ieee"), ("head_chunk_tokens", "chunk_tokens", 0)):
-            if cfg.get(key, off) != off:  # learner.head_precision, parallel.head_chunk_tokens
-                if not hasattr(head, attr):
+        precision = cfg.get("head_precision", "split_bf16")
+        if isinstance(head, FP32LMHead):
+            if precision not in HEAD_PRECISIONS:
+                raise ValueError(f"learner.head_precision must be one of {HEAD_PRECISIONS}, got {precision!r}")
+            head.precision = precision
+            if cfg.get("head_chunk_tokens", 0):  # parallel.head_chunk_tokens
+                head.chunk_tokens = cfg["head_chunk_tokens"]
+        else:  # the defaults are fine without the FP32 head; anything else needs it
+            for key, allowed in (("head_precision", ("split_bf16", "ieee")), ("head_chunk_tokens", (0,))):
+                if cfg.get(key, allowed[0]) not in allowed:
                     raise ValueError(f"{key}={cfg[key]} applies to the FP32 head (model.fp32_lm_head=true)")
-                setattr(head, attr, cfg[key])
+        if gpu and self.sp is None:  # varlen flash attention, fused RMSNorm (cispo.models.speed)
+            from cispo.models.speed import enable_fast_paths
+
+            enable_fast_paths(model, precision, cuda=True)
         self.micro_batch_tokens = cfg["micro_batch_tokens"]
         self.expert_parallel = cfg["expert_parallel"]
+        if gpu and self.sp is None:  # compile the GPU kernels now, beside the engines' start-up
+            from cispo.models.warmup import fits_for_warm_up, warm_up_learner
+
+            dev = torch.device("cuda", torch.cuda.current_device())
+            if fits_for_warm_up(model, dev):
+                warm_up_learner(model, dev, self.micro_batch_tokens > 0, self.pad_id, temperature)
+                mark("warm_up")
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=deepspeed_config(cfg, n_micro, world_size))
+                                               config=deepspeed_config(cfg, n_micro, world_size, model))
+        mark("deepspeed_initialize")
 
     def ready(self) -> int:
         return self.rank
+
+    def startup_times(self) -> dict[str, float]:
+        """Seconds of each part of this rank's start (import, model load, warm-up, DeepSpeed)."""
+        return dict(self.init_times)
 
     def expert_layout(self) -> dict[str, int]:
         """How the MoE blocks are held: AutoEP layers and the experts this rank computes."""
@@ -286,36 +347,53 @@ class LearnerWorker:
     def logprobs(self, items: list[TrainItem]) -> tuple[list[list[float]], dict[str, float]]:
         """π_old of each response token, and sums for the train/rollout agreement metrics."""
         self.engine.eval()
-        s = dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
+        s = _agreement_zero()
         out: list[list[float] | None] = [None] * len(items)
-        for batch, idx in self._micro_batches(items, None):
-            lp, ent = self._token_logprobs(batch, with_entropy=True)
-            lp = lp.cpu()
-            m = batch["mask"] > 0
-            if ent is not None:
-                s["entropy"] += float(ent.double().sum())
-            x, y = lp[m].double(), batch["rollout_logprobs"][m].double()
-            s["n"] += float(m.sum())
-            s["x"] += float(x.sum())
-            s["y"] += float(y.sum())
-            s["xx"] += float((x * x).sum())
-            s["yy"] += float((y * y).sum())
-            s["xy"] += float((x * y).sum())
-            s["absdiff"] += float((x - y).abs().sum())
-            for row, i in enumerate(idx):
-                out[i] = lp[row][m[row]].tolist()
-        return out, s
+        with self._profiled("logprobs"):
+            for batch, idx in self._micro_batches(items, None):
+                lp, ent = self._token_logprobs(batch, with_entropy=True)
+                lp = lp.cpu()
+                m = batch["mask"] > 0
+                _agreement_add(s, lp, batch["rollout_logprobs"], m, ent)
+                for row, i in enumerate(idx):
+                    out[i] = lp[row][m[row]].tolist()
+        return out, {k: float(v) for k, v in s.items()}
 
-    def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
+    def profile_next(self, path: str) -> None:
+        """Profile the next `logprobs` and `train_minibatch` calls (torch.profiler, CPU + CUDA);
+        their tables of the heaviest ops are written to `path` (rank 0 only)."""
+        self._profile_path = path if self.rank == 0 else None
+
+    def _profiled(self, what: str):
+        from contextlib import nullcontext
+
+        path = getattr(self, "_profile_path", None)
+        if not path:
+            return nullcontext()
+        return _profile_to(path, what)
+
+    def train_minibatch(self, items: list[TrainItem], old: list[list[float]] | None, loss_name: str,
                         loss_kwargs: dict, global_tokens: float, global_samples: float,
-                        prompt_tokens: list[float] | None = None,
-                        global_prompts: float | None = None) -> dict[str, float]:
-        """One optimizer step over this rank's share of a minibatch. `prompt_tokens` (each item's
+                        prompt_tokens: list[float] | None = None, global_prompts: float | None = None,
+                        agreement: bool = False) -> dict[str, float]:
+        """One optimizer step over this rank's share of a minibatch. `old=None`: π_old is this
+        forward's own log-probs, detached (on-policy, one update per rollout: the same numbers a
+        separate no-grad pass would give, without that pass). `prompt_tokens` (each item's
         prompt-group token total over the minibatch) and `global_prompts` come with
-        normalization="prompt"."""
+        normalization="prompt". `agreement`: also the sums of the train/rollout agreement
+        metrics and the entropy, from the same forward."""
+        with self._profiled("train_minibatch"):
+            out = self._train_minibatch(items, old, loss_name, loss_kwargs, global_tokens, global_samples,
+                                        prompt_tokens, global_prompts, agreement)
+        self._profile_path = None
+        return out
+
+    def _train_minibatch(self, items, old, loss_name, loss_kwargs, global_tokens, global_samples,
+                         prompt_tokens, global_prompts, agreement):
         from cispo.loss import policy_loss
 
         self.engine.train()
+        agree = _agreement_zero() if agreement else None
         # DeepSpeed averages gradients over ranks; dividing by global_tokens / W makes the
         # result the gradient of the loss normalised by the whole minibatch's token count.
         per_rank_tokens = global_tokens / self.world_size
@@ -327,10 +405,15 @@ class LearnerWorker:
         for k, (batch, _) in enumerate(batches):
             # the boundary is the last micro-batch, whatever their number this step
             self.engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
-            lp, _ = self._token_logprobs(batch)
-            dev = {k: batch[k].to(lp.device) for k in ("old_logprobs", "advantages", "mask")}
+            lp, ent = self._token_logprobs(batch, with_entropy=agreement)
+            dev = {k: batch[k].to(lp.device, non_blocking=True) for k in ("old_logprobs", "advantages", "mask")}
+            if old is None:
+                dev["old_logprobs"] = lp.detach()
+            if agree is not None:
+                _agreement_add(agree, lp.detach(), batch["rollout_logprobs"].to(lp.device, non_blocking=True),
+                               dev["mask"] > 0, ent.detach() if ent is not None else None)
             if prompt_tokens is not None:  # the same per-rank scaling as token_count
-                extra = {"prompt_tokens": batch["prompt_tokens"].to(lp.device),
+                extra = {"prompt_tokens": batch["prompt_tokens"].to(lp.device, non_blocking=True),
                          "prompt_count": global_prompts / self.world_size}
             loss, m = policy_loss(loss_name, lp, dev["old_logprobs"], dev["advantages"],
                                   dev["mask"], token_count=per_rank_tokens,
@@ -348,6 +431,8 @@ class LearnerWorker:
             sums["ratio_min"] = min(sums["ratio_min"], m.get("is_weight/min", float("inf")))
         norm = self.engine.get_global_grad_norm()
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
+        if agree is not None:
+            sums["agreement"] = {k: float(v) for k, v in agree.items()}
         return sums
 
     def set_grad_clip(self, value: float) -> float:
@@ -445,6 +530,120 @@ class LearnerWorker:
                               self.rank == 0, ray.put)
         return out if self.rank == 0 else None
 
+    # --- weight hand-over to engines on this rank's GPU (parallel.placement=colocated) -------
+
+    def open_shared_buckets(self, bucket_mb: float, write: bool) -> tuple[list, list] | None:
+        """Make this rank's flat bucket buffers once (cispo.weight_sync.SharedBuckets); returns
+        (plan, handles) for the engines that read them, or None on a rank that only joins the
+        gathers (`write=False`). All ranks call it together."""
+        from cispo.weight_sync import SharedBuckets, param_entries, plan_buckets
+
+        self._shared_write = write
+        self._shared_bytes = int(bucket_mb * 2**20)
+        plan = plan_buckets(param_entries(self.engine.module), self._shared_bytes)
+        if not write:
+            self._shared = None
+            return None
+        self._shared = SharedBuckets(plan, self.engine.device)
+        return plan, self._shared.handles()
+
+    def fill_shared_buckets(self) -> dict[str, float] | None:
+        """The current weights into the buffers (every rank: ZeRO-3 gathers); stats on rank 0."""
+        from cispo.weight_sync import iter_buckets, sync_stats
+
+        if self._shared is not None:
+            stats = self._shared.fill(self.engine.module, self._shared_bytes, self.zero_stage == 3)
+        else:  # gathers only: the collectives need every rank
+            for _ in iter_buckets(self.engine.module, self._shared_bytes, self.zero_stage == 3):
+                pass
+            stats = sync_stats(0, 0.0, 0)
+        return stats if self.rank == 0 else None
+
+    # --- weight hand-over by broadcast to engines on other GPUs (parallel.placement=separate) --
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where the engines meet learner rank 0 for the weight group: (node address, free port)."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def join_weight_group(self, backend: str, addr: str, port: int, world_size: int) -> None:
+        """Rank 0 hosts the weight group as its rank 0 (the engines are 1..world_size-1); the
+        other ranks are not in it: they only take part in the gathers."""
+        from cispo.weight_sync import make_group
+
+        self._wgroup = make_group(backend, addr, port, 0, world_size) if self.rank == 0 else None
+
+    def broadcast_weights(self, bucket_mb: float) -> tuple[list, dict[str, float]] | None:
+        """Every rank gathers bucket by bucket; rank 0 broadcasts each as one flat buffer.
+        (plan, stats) on rank 0, None elsewhere."""
+        from cispo.weight_sync import broadcast_send
+
+        out = broadcast_send(self._wgroup, self.engine.module, int(bucket_mb * 2**20), self.zero_stage == 3,
+                             self.rank == 0, self.engine.device)
+        return out if self.rank == 0 else None
+
+    def weight_plan(self, bucket_mb: float) -> list:
+        from cispo.weight_sync import param_entries, plan_buckets
+
+        return plan_buckets(param_entries(self.engine.module), int(bucket_mb * 2**20))
+
+    # --- colocated memory: optimizer state and gradients off the GPU while engines generate ---
+
+    def _host_state(self) -> list[torch.Tensor]:
+        """The tensors `offload` moves: ZeRO-3's FP32 master partitions and AdamW's moments."""
+        opt = self.engine.optimizer
+        out = list(getattr(opt, "fp32_partitioned_groups_flat", []))
+        inner = getattr(opt, "optimizer", None)
+        for state in (inner.state.values() if inner is not None else []):
+            out += [state[k] for k in ("exp_avg", "exp_avg_sq") if torch.is_tensor(state.get(k))]
+        return out
+
+    def offload(self) -> float:
+        """Optimizer state, FP32 master weights and gradients to pinned host memory, and the freed
+        memory back to the driver, so colocated engines can use it; the bf16 parameters stay (the
+        weight sync gathers them). Seconds taken; 0 when there is nothing to move (CPU).
+
+        The moments and master weights move here (DeepSpeed's own `offload_states` accepts only
+        its FusedAdam, a JIT-built op; the learner runs torch's AdamW); gradients and the reduce
+        buckets through DeepSpeed's."""
+        import time
+
+        if self.engine.device.type != "cuda" or getattr(self, "_offloaded", False):
+            return 0.0
+        if self.zero_stage != 3:
+            raise ValueError("learner.offload_while_generating needs learner.zero_stage=3")
+        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+
+        t0 = time.perf_counter()
+        pinned = self.__dict__.setdefault("_pinned", {})
+        tensors = self._host_state()
+        for t in tensors:
+            if id(t) not in pinned:
+                pinned[id(t)] = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            pinned[id(t)].copy_(t.data, non_blocking=True)
+        torch.cuda.synchronize()
+        for t in tensors:
+            t.data = pinned[id(t)]
+        self.engine.offload_states(include=[OffloadStateTypeEnum.lp_grads,
+                                            OffloadStateTypeEnum.contiguous_grad_buffer],
+                                   device=OffloadDeviceEnum.cpu, pin_memory=True, non_blocking=False)
+        torch.cuda.empty_cache()
+        self._offloaded = True
+        return time.perf_counter() - t0
+
+    def reload(self) -> float:
+        """Back on the GPU before training (the inverse of `offload`); seconds taken."""
+        import time
+
+        if not getattr(self, "_offloaded", False):
+            return 0.0
+        t0 = time.perf_counter()
+        for t in self._host_state():
+            t.data = t.data.to(self.engine.device, non_blocking=True)
+        self.engine.reload_states(non_blocking=False)
+        torch.cuda.synchronize()
+        self._offloaded = False
+        return time.perf_counter() - t0
+
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
 
@@ -475,10 +674,13 @@ def micro_batches_per_step(learner: Any, samples_per_minibatch: int) -> int:
 
 class LearnerGroup:
     def __init__(self, cfg: Any, parallel: Any, model_cfg: Any, model_path: str,
-                 samples_per_minibatch: int, temperature: float, modules: list | tuple = ()):
+                 samples_per_minibatch: int, temperature: float, modules: list | tuple = (),
+                 scheduling: list[dict] | None = None, wait: bool = True):
         """`cfg`: the `learner` config group, `parallel`: the `parallel` group (the layout);
         `modules`: users' loss files as (module name, source, path) (`cispo.user_modules.read`),
-        imported by every rank before it builds its engine."""
+        imported by every rank before it builds its engine. `scheduling`: Ray options per rank
+        from `cispo.placement` (None: Ray places them); `wait=False` returns while the ranks
+        still start (call `ready()`)."""
         wcfg = {**worker_config(cfg, parallel, model_cfg), "modules": [list(m) for m in modules]}
         self.layout: RankLayout = learner_layout(cfg, parallel)
         self.W, self.sp = self.layout.ranks, self.layout.sequence_parallel
@@ -486,10 +688,19 @@ class LearnerGroup:
         port = cfg.master_port or _free_port()
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
-        self.workers = [LearnerWorker.options(**opts).remote(r, self.W, port, model_path, wcfg,
-                                                             self.n_micro, temperature)
+        self.workers = [LearnerWorker.options(**opts, **(scheduling[r] if scheduling else {})).remote(
+                            r, self.W, port, model_path, wcfg, self.n_micro, temperature)
                         for r in range(self.W)]
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Block until every rank has built its DeepSpeed engine."""
         ray.get([w.ready.remote() for w in self.workers])
+
+    def startup_times(self) -> dict[str, float]:
+        """Rank 0's start-up parts, seconds."""
+        return ray.get(self.workers[0].startup_times.remote())
 
     def _shards(self, items: list) -> list[list]:
         """Each data-parallel group's share, given to every rank of its sequence-parallel group."""
@@ -503,37 +714,38 @@ class LearnerGroup:
         parts = self._leaders(ray.get([w.logprobs.remote(s) for w, s in
                                        zip(self.workers, self._shards(items), strict=True)]))
         lps = [lp for p, _ in parts for lp in p]
-        s = {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
-        n = max(s["n"], 1.0)
-        cov = s["xy"] / n - (s["x"] / n) * (s["y"] / n)
-        vx = s["xx"] / n - (s["x"] / n) ** 2
-        vy = s["yy"] / n - (s["y"] / n) ** 2
-        pearson = cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
-        out = {"logprob/train_rollout_pearson": pearson,
-               "logprob/train_rollout_abs_diff": s["absdiff"] / n}
-        if s["entropy"]:
-            out["logprob/entropy_mean"] = s["entropy"] / n  # of the policy at sampled positions
-        return lps, out
+        return lps, agreement_metrics({k: sum(p[1][k] for p in parts) for k in parts[0][1]})
 
-    def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
-                        loss_kwargs: dict) -> dict[str, float]:
+    def train_minibatch(self, items: list[TrainItem], old: list[list[float]] | None, loss_name: str,
+                        loss_kwargs: dict, agreement: bool = False) -> dict[str, float]:
+        """One optimizer step. `old=None`: π_old from the update's own forward (see
+        LearnerWorker.train_minibatch); `agreement`: the train/rollout agreement metrics too."""
         tokens = float(sum(len(it.response_ids) for it in items))
-        shards, olds = self._shards(items), self._shards(old)
+        shards = self._shards(items)
+        olds = self._shards(old) if old is not None else [None] * self.W
         per_item, n_prompts = [None] * len(shards), None
         if loss_kwargs.get("normalization") == "prompt":  # each item's T_g, and the prompt count
             per_prompt = prompt_token_totals(items)
             per_item = self._shards([per_prompt[it.prompt_index] for it in items])
             n_prompts = float(sum(t > 0 for t in per_prompt.values()))  # as cispo.loss counts P
         parts = self._leaders(ray.get([
-            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)), pt, n_prompts)
+            w.train_minibatch.remote(s, o, loss_name, loss_kwargs, tokens, float(len(items)), pt, n_prompts,
+                                     agreement)
             for w, s, o, pt in zip(self.workers, shards, olds, per_item, strict=True)]))
         t = max(sum(p["tokens"] for p in parts), 1.0)
-        return {"loss/policy": sum(p["loss"] for p in parts),
-                "is_weight/mean": sum(p["ratio"] for p in parts) / t,
-                "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
-                "is_weight/max": max(p["ratio_max"] for p in parts),
-                "is_weight/min": min(p["ratio_min"] for p in parts),  # inf: no tokens
-                "grad/norm": parts[0]["grad_norm"]}
+        out = {"loss/policy": sum(p["loss"] for p in parts),
+               "is_weight/mean": sum(p["ratio"] for p in parts) / t,
+               "is_weight/clip_frac": sum(p["clipped"] for p in parts) / t,
+               "is_weight/max": max(p["ratio_max"] for p in parts),
+               "is_weight/min": min(p["ratio_min"] for p in parts),  # inf: no tokens
+               "grad/norm": parts[0]["grad_norm"]}
+        if agreement:
+            sums = [p["agreement"] for p in parts]
+            out.update(agreement_metrics({k: sum(x[k] for x in sums) for k in sums[0]}))
+        return out
+
+    def profile_next(self, path: str) -> None:
+        ray.get([w.profile_next.remote(path) for w in self.workers])
 
     def set_grad_clip(self, value: float) -> list[float]:
         return ray.get([w.set_grad_clip.remote(value) for w in self.workers])
@@ -550,6 +762,35 @@ class LearnerGroup:
     def weight_buckets(self, bucket_mb: float) -> tuple[list[ray.ObjectRef], dict[str, float]]:
         """(object-store refs of the weight buckets, sync stats) from rank 0."""
         return ray.get([w.weight_buckets.remote(bucket_mb) for w in self.workers])[0]
+
+    def open_shared_buckets(self, bucket_mb: float, writers: set[int]) -> list[tuple[list, list] | None]:
+        """Each rank in `writers` makes its bucket buffers; (plan, handles) per rank (None for
+        the others)."""
+        return ray.get([w.open_shared_buckets.remote(bucket_mb, r in writers)
+                        for r, w in enumerate(self.workers)])
+
+    def fill_shared_buckets(self) -> dict[str, float]:
+        return ray.get([w.fill_shared_buckets.remote() for w in self.workers])[0]
+
+    def weight_group_address(self) -> tuple[str, int]:
+        return ray.get(self.workers[0].weight_group_address.remote())
+
+    def join_weight_group(self, backend: str, addr: str, port: int, world_size: int) -> list:
+        """Ray references: wait on them together with the engines' joins."""
+        return [w.join_weight_group.remote(backend, addr, port, world_size) for w in self.workers]
+
+    def broadcast_weights(self, bucket_mb: float) -> list:
+        """Ray references (every rank gathers; rank 0's result is (plan, stats))."""
+        return [w.broadcast_weights.remote(bucket_mb) for w in self.workers]
+
+    def weight_plan(self, bucket_mb: float) -> list:
+        return ray.get(self.workers[0].weight_plan.remote(bucket_mb))
+
+    def offload(self) -> float:
+        return max(ray.get([w.offload.remote() for w in self.workers]))
+
+    def reload(self) -> float:
+        return max(ray.get([w.reload.remote() for w in self.workers]))
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         ray.get([w.save.remote(ckpt_dir, tag, client_state) for w in self.workers])
@@ -569,3 +810,62 @@ def _plain(cfg: Any) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
+def _agreement_zero() -> dict:
+    return dict.fromkeys(("n", "x", "y", "xx", "yy", "xy", "absdiff", "entropy"), 0.0)
+
+
+def _agreement_add(s: dict, lp: torch.Tensor, rollout_lp: torch.Tensor, mask: torch.Tensor,
+                   entropy: torch.Tensor | None) -> None:
+    """Add one micro-batch's sums for the train/rollout agreement metrics (float64; on the
+    tensors' device: read once at the end, not once per micro-batch)."""
+    x, y = lp[mask].double(), rollout_lp[mask].double()
+    s["n"] = s["n"] + mask.sum()
+    s["x"] = s["x"] + x.sum()
+    s["y"] = s["y"] + y.sum()
+    s["xx"] = s["xx"] + (x * x).sum()
+    s["yy"] = s["yy"] + (y * y).sum()
+    s["xy"] = s["xy"] + (x * y).sum()
+    s["absdiff"] = s["absdiff"] + (x - y).abs().sum()
+    if entropy is not None:
+        s["entropy"] = s["entropy"] + entropy.double().sum()
+
+
+def agreement_metrics(s: dict[str, float]) -> dict[str, float]:
+    """Train/rollout log-prob agreement over all ranks' sums: Pearson, mean |diff|, entropy."""
+    n = max(s["n"], 1.0)
+    cov = s["xy"] / n - (s["x"] / n) * (s["y"] / n)
+    vx = s["xx"] / n - (s["x"] / n) ** 2
+    vy = s["yy"] / n - (s["y"] / n) ** 2
+    pearson = cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
+    out = {"logprob/train_rollout_pearson": pearson,
+           "logprob/train_rollout_abs_diff": s["absdiff"] / n}
+    if s["entropy"]:
+        out["logprob/entropy_mean"] = s["entropy"] / n  # of the policy at sampled positions
+    return out
+
+
+def _profile_to(path: str, what: str):
+    """torch.profiler around one learner call; appends its op table to `path`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def run():
+        import time
+
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        t0 = time.perf_counter()
+        with profile(activities=acts, record_shapes=False) as prof:
+            yield
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        with open(path, "a") as f:
+            f.write(f"== {what}: {wall * 1e3:.1f} ms wall (profiled)\n")
+            f.write(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60))
+            f.write("\n")
+    return run()

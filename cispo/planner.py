@@ -46,11 +46,10 @@ def engine_gpus(cfg: Any) -> float:
 
 
 def gpus_needed(cfg: Any) -> float:
-    """GPUs the run's actors ask Ray for: the learner ranks, and the engines unless they sit on
-    the learner's GPUs (parallel.placement=colocated)."""
+    """GPUs the run's actors ask Ray for: the learner ranks' and the engines'. Colocated, both
+    ask for their fractions of the same GPUs (cispo.placement: one bundle of at most one GPU per
+    learner rank, its engines inside), so the sum is what Ray must have."""
     learner = cfg.learner.num_workers * cfg.learner.num_gpus_per_worker
-    if cfg.parallel.placement == "colocated":
-        return float(learner)
     return float(learner + cfg.rollout.num_workers * engine_gpus(cfg))
 
 
@@ -91,6 +90,17 @@ def smallest_fitting_sp(shape, counts, lay: LearnerLayout, reserve: float, budge
         trial = LearnerLayout(**{**lay.__dict__, "sequence_parallel": sp})
         if sum(learner_terms(shape, counts, trial, reserve).values()) <= budget:
             return sp
+    return None
+
+
+def fewest_checkpoint_layers(shape, counts, lay: LearnerLayout, reserve: float, budget: float) -> int | None:
+    """Selective activation checkpointing from the plan: the fewest layers whose activations must
+    be recomputed for one learner rank to fit `budget` bytes (0: none), everything else as
+    configured; None if even recomputing every layer does not fit."""
+    for k in range(0, shape.layers + 1):
+        trial = LearnerLayout(**{**lay.__dict__, "checkpointing": k > 0, "checkpoint_layers": k})
+        if sum(learner_terms(shape, counts, trial, reserve).values()) <= budget:
+            return k
     return None
 
 
@@ -150,7 +160,8 @@ def build_plan(cfg: Any) -> dict:
                         expert_parallel=ranks.expert_parallel, sequence_parallel=sp,
                         tokens_per_micro_batch=ranks.micro_batch_tokens or L.micro_batch_size * seq,
                         head_chunk_tokens=P.head_chunk_tokens,
-                        checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers)
+                        checkpointing=L.gradient_checkpointing, prefetch_layers=P.prefetch_layers,
+                        checkpoint_layers=L.get("checkpoint_layers", -1))
     on_gpu = C.gpus_per_node > 0
     reserve = C.reserve_gib if on_gpu else 0.0
     l_terms = learner_terms(shape, counts, lay, reserve)
@@ -184,6 +195,7 @@ def build_plan(cfg: Any) -> dict:
     per_gpu = [gpu_bytes(occ, l_terms, e_terms) for occ in occupants]
     budget = C.gpu_memory_gib * GIB
     needed_sp = smallest_fitting_sp(shape, counts, lay, reserve, budget) if on_gpu else None
+    needed_ckpt = fewest_checkpoint_layers(shape, counts, lay, reserve, budget) if on_gpu else None
     if on_gpu:
         for role, terms, total in (("learner", l_terms, l_bytes), ("rollout", e_terms, e_bytes)):
             if total > budget:
@@ -213,6 +225,9 @@ def build_plan(cfg: Any) -> dict:
                     "micro_batch_tokens": ranks.micro_batch_tokens,  # 0: padded rows
                     # the smallest size at which a learner rank fits cluster.gpu_memory_gib
                     "sequence_parallel_needed": needed_sp,
+                    # selective checkpointing: the fewest layers to recompute so a rank fits
+                    # (learner.checkpoint_layers; None: not even all of them)
+                    "checkpoint_layers_needed": needed_ckpt,
                     "data_parallel": ranks.data_parallel,
                     "tokens_per_rank": lay.tokens_per_micro_batch / sp,
                     "per_gpu_memory_gib": round(l_bytes / GIB, 3), "terms_gib": _gib(l_terms)},

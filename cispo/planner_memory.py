@@ -29,6 +29,8 @@ class LearnerLayout:
     head_chunk_tokens: int  # 0 = the whole per-rank micro-batch
     checkpointing: bool
     prefetch_layers: int
+    # with checkpointing: how many layers recompute their activations (-1: all; selective below)
+    checkpoint_layers: int = -1
 
 
 def zero_states(p: ParamCounts, lay: LearnerLayout) -> dict[str, float]:
@@ -70,9 +72,10 @@ def activations(s: Shape, lay: LearnerLayout) -> dict[str, float]:
     """Activation memory of one micro-batch on one rank (its sequence-parallel share)."""
     t = lay.tokens_per_micro_batch / lay.sequence_parallel
     per_layer = sum(layer_activation_bytes_per_token(s, lay.dtype_bytes).values())
-    if lay.checkpointing:  # each layer's input is kept; one layer is recomputed at a time
-        return {"checkpoints": s.layers * t * s.hidden * lay.dtype_bytes,
-                "layer_recompute": t * per_layer}
+    k = 0 if not lay.checkpointing else (s.layers if lay.checkpoint_layers < 0 else min(lay.checkpoint_layers, s.layers))
+    if k:  # a recomputed layer keeps its input; one layer is recomputed at a time; the rest keep all
+        return {"checkpoints": k * t * s.hidden * lay.dtype_bytes,
+                "layer_recompute": (s.layers - k + 1) * t * per_layer}
     return {"checkpoints": 0.0, "layer_recompute": s.layers * t * per_layer}
 
 

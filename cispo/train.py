@@ -6,16 +6,19 @@ One step: prompts → rollout (Ray generation workers) → rewards (sandboxed) �
 
 from __future__ import annotations
 
-import sys
+import time
+
+T_START = time.time()  # the command's start, near enough (imports below take a few seconds)
+
+import sys  # noqa: E402
 
 if __name__ == "__main__":  # the command line is checked before the heavy imports below (~1 s)
     from cispo.config_check import check_command_line
 
     check_command_line()
 
-import logging
+import logging  # noqa: E402
 import math
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,13 +30,16 @@ from omegaconf import DictConfig
 
 from cispo import checkpoint, data, interrupt, sampling, user_modules, watchdog
 from cispo.advantages import ADVANTAGES, compute_advantages, zero_variance_fraction
+from cispo.colocate import GpuShare
 from cispo.config import as_dict
 from cispo.config_check import local_ray_problems, resource_problems, value_problems
 from cispo.data_mix import build_mixed_stream
+from cispo.handover import make_handover
 from cispo.learner import LearnerGroup, TrainItem
 from cispo.loss import LOSSES
 from cispo.models.build import load_tokenizer, prepare
 from cispo.monitor import Progress, RunLogger, sample_rows
+from cispo.placement import choose_transport, plan_layout, reserve
 from cispo.planner import run_plan
 from cispo.preflight import run_preflight
 from cispo.report import summary
@@ -73,11 +79,16 @@ def main(cfg: DictConfig) -> None:
             stage_metrics = p.schedule.metrics()  # the stage these samples were drawn in
             items, rewards, valid = advantages(samples, scores, A, G)                 # 4. advantages
             t1 = time.monotonic()
+            share_metrics = p.share.to_train()  # colocated: engines sleep, learner state back
+            if step == cfg.logging.profile_learn_step:
+                p.learner.profile_next(str(p.run_dir / f"profile_learn_step{step}.txt"))
             l_metrics = learn(p.learner, items, A)                                    # 5. learn
             t2 = time.monotonic()
             ahead.settle()  # the engines finish what they sample with the old weights
+            share_metrics.update(p.share.to_rollout())  # learner state off (if asked), engines wake
             t3 = time.monotonic()
-            sync_metrics = sync(p.learner, p.rollout, cfg)                            # 6. sync
+            sync_metrics = p.handover.sync()                                          # 6. sync
+            t4 = time.monotonic()
             if p.schedule.enabled and samples and p.schedule.update(stats_from_samples(samples)):
                 apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
@@ -87,9 +98,14 @@ def main(cfg: DictConfig) -> None:
                        "time/rollout_wait_s": t_wait,
                        "rollout/staleness": float(staleness),
                        "rollout/worker_restarts": float(p.rollout.restarts),
-                       "time/learn_s": t2 - t1, "time/sync_s": time.monotonic() - t3,
-                       "time/step_s": time.monotonic() - t0,
+                       "time/learn_s": t2 - t1, "time/sync_s": t4 - t3,
+                       "time/step_s": time.monotonic() - t0, **share_metrics,
+                       "time/since_start_s": time.time() - T_START,
                        **perf_metrics(samples, items, ro.seconds, t2 - t1)}
+            if step == p.start:
+                metrics.update(p.startup.metrics(end_of_first_step=time.time()))
+                p.startup.write(p.run_dir / "startup.json", metrics)
+                log.info("%s", p.startup.table())
             p.logger.log(step, metrics)
             p.logger.log_samples(step, sample_rows(samples, scores, p.tokenizer, cfg.logging.samples_per_step))
             bar.update(step, metrics)
@@ -106,8 +122,9 @@ def main(cfg: DictConfig) -> None:
 
 def save(p: Parts, step: int, ahead: RolloutsAhead) -> Path:
     next_ros = ahead.kept()  # finished: settled in the step
-    return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ros),
-                           to_checkpoint(next_ros, p.rollout.version))
+    with p.share.learner_on_gpu():  # colocated with offload_while_generating: state back first
+        return checkpoint.save(p.learner, p.run_dir, step, states(p, next_ros),
+                               to_checkpoint(next_ros, p.rollout.version))
 
 
 @dataclass
@@ -122,6 +139,9 @@ class Parts:
     rollout: RolloutManager
     logger: RunLogger
     schedule: WindowSchedule
+    handover: object  # cispo.handover: how the weights reach the engines
+    share: GpuShare  # colocated: who holds the GPU (a no-op otherwise)
+    startup: StartupClock
     resumed: list = ()  # async resume: the rollouts of steps start, start + 1, ... the checkpoint kept
 
 
@@ -136,10 +156,43 @@ def rollout_step(p: Parts, cfg: DictConfig, step: int) -> Rollout:
                    p.stream.state(), p.stream.metrics())
 
 
-def sync(learner: LearnerGroup, rollout: RolloutManager, cfg: DictConfig) -> dict[str, float]:
-    """The learner's weights to every engine, gathered and shipped bucket by bucket."""
-    refs, stats = learner.weight_buckets(cfg.rollout.sync_bucket_mb)
-    return {**stats, "sync/load_s": rollout.sync_weights(refs)}
+class StartupClock:
+    """Where the time to the first step goes: wall-clock marks from the command's start,
+    logged as a table with step 0 and kept as `startup/*` metrics of the first step."""
+
+    def __init__(self, t0: float = T_START):
+        self.t0, self.last, self.parts, self.details = t0, t0, [], []
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.parts.append((name, now - self.last))
+        self.last = now
+        log.info("start-up: %s %.1f s (%.1f s since start)", name, self.parts[-1][1], now - self.t0)
+
+    def detail(self, who: str, parts: dict[str, float]) -> None:
+        """An actor's own start-up parts (they overlap the marks above)."""
+        self.details.append((who, parts))
+        log.info("start-up: %s: %s", who, ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+
+    def metrics(self, end_of_first_step: float) -> dict[str, float]:
+        out = {f"startup/{name}_s": sec for name, sec in self.parts}
+        for who, parts in self.details:
+            out.update({f"startup/{who.replace(' ', '_')}/{k}_s": v for k, v in parts.items()})
+        out["startup/to_step0_s"] = self.last - self.t0
+        out["startup/step0_done_s"] = end_of_first_step - self.t0
+        return out
+
+    def write(self, path: Path, metrics: dict[str, float]) -> None:
+        import json
+
+        path.write_text(json.dumps({"t0": self.t0, **{k: v for k, v in metrics.items()
+                                                       if k.startswith("startup/")}}, indent=1))
+
+    def table(self) -> str:
+        rows = [f"  {name:24} {sec:7.1f} s" for name, sec in self.parts]
+        rows += [f"    ({who}: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")"
+                 for who, parts in self.details]
+        return "start-up to step 0:\n" + "\n".join(rows) + f"\n  {'total':24} {self.last - self.t0:7.1f} s"
 
 
 def build(cfg: DictConfig) -> Parts:
@@ -147,6 +200,8 @@ def build(cfg: DictConfig) -> Parts:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    clock = StartupClock()
+    clock.mark("imports")
     if problems := value_problems(cfg):  # cli() checked already; main() may be called directly
         print("config: " + "\nconfig: ".join(problems), file=sys.stderr)
         sys.exit(2)
@@ -155,6 +210,7 @@ def build(cfg: DictConfig) -> Parts:
     interrupt.remember(cfg)  # a Ctrl-C from here on says how to resume
     watchdog.start(run_dir)  # if this process is killed, what it starts goes with it
     start_ray(cfg)  # joins the cluster; stops here if the GPUs the run asks for are not there
+    clock.mark("ray")
     ckpt = checkpoint.find(run_dir, cfg.resume)
     if cfg.resume == "auto" and ckpt is None:
         log.warning("resume=auto: no checkpoint in %s; starting fresh", run_dir / "checkpoints")
@@ -166,8 +222,10 @@ def build(cfg: DictConfig) -> Parts:
         sys.exit(str(e))
     except (ImportError, FileNotFoundError) as e:  # a reward.modules file: named, with its line
         sys.exit(f"reward: {e}")
+    clock.mark("rewards")
     model_path = prepare(cfg.model, run_dir / "base_model")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    clock.mark("model_files")
     try:
         stream, skipped = make_stream(cfg, tokenizer)
     except data.DataError as e:
@@ -176,31 +234,59 @@ def build(cfg: DictConfig) -> Parts:
     if state.get("schedule"):
         sched.load_state_dict(state["schedule"])
     apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
-    per_minibatch = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.algorithm.num_minibatches
-    learner = LearnerGroup(cfg.learner, cfg.parallel, cfg.model, model_path, per_minibatch,
-                           cfg.rollout.temperature, modules)
+    clock.mark("data")
+    R, L, P = cfg.rollout, cfg.learner, cfg.parallel
+    on_gpu = L.num_gpus_per_worker > 0 or R.num_gpus_per_worker > 0
+    transport = choose_transport(P.placement, on_gpu, R.sync_transport)
+    layout = plan_layout(P.placement, L.num_workers, L.num_cpus_per_worker, L.num_gpus_per_worker,
+                         R.num_workers, R.num_cpus_per_worker, R.num_gpus_per_worker,
+                         P.rollout_tensor_parallel * P.rollout_pipeline_parallel)
+    where = reserve(layout)
+    # learner ranks and engines load at the same time (each in its own process)
+    per_minibatch = R.prompts_per_step * R.group_size // cfg.algorithm.num_minibatches
+    learner = LearnerGroup(L, P, cfg.model, model_path, per_minibatch, R.temperature, modules,
+                           scheduling=where.learner, wait=False)
+    rollout = RolloutManager(R, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                             {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
+                             P, scheduling=where.engines, wait=False)
+    learner.ready()
+    clock.mark("learner_init")
+    rollout.ready()
+    clock.mark("engines_init")
+    clock.detail("learner rank 0", learner.startup_times())
+    clock.detail("engine 0", rollout.startup_times())
     resumed = None
     if ckpt is not None:
         checkpoint.restore(learner, ckpt, state, stream)
         log.info("resumed from %s at step %d", ckpt, state["step"])
         if resumed := from_checkpoint(checkpoint.read_kept(ckpt), max_staleness(cfg)):
             stream.load_state(resumed[-1][0].data_after)  # their prompts are drawn already
-    rollout = RolloutManager(cfg.rollout, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                             {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
-                             cfg.parallel)
-    if cfg.rollout.async_generation and cfg.algorithm.old_logprobs != "rollout":
+    if R.async_generation and cfg.algorithm.old_logprobs != "rollout":
         # one step off-policy: π_old must be the policy that sampled (the engine's log-probs);
         # the learner's recomputation would be the current policy, one update newer
         log.info("rollout.async_generation: algorithm.old_logprobs=rollout (the behaviour policy)")
         cfg.algorithm.old_logprobs = "rollout"
-    sync(learner, rollout, cfg)
+    handover = make_handover(transport, learner, rollout, R.sync_bucket_mb, on_gpu, layout.engine_rank)
+    handover.start()
+    colocated = P.placement == "colocated"
+    if colocated and R.async_generation:
+        log.info("rollout.async_generation: engines and learner run at once, so neither sleeps "
+                 "nor offloads (parallel.placement=colocated shares the GPU without taking turns)")
+    share = GpuShare(learner, rollout, active=colocated and not R.async_generation,
+                     offload=L.offload_while_generating, sleep=R.sleep_while_training)
+    first = handover.sync()
+    share.to_rollout()
+    log.info("weights: %s (%s placement), %.0f MB in %d buckets, first sync %.3f s", handover.name,
+             P.placement, first["sync/bytes"] / 1e6, first["sync/buckets"], first["sync/seconds"])
     for ro, behind in resumed or ():  # sampled `behind` syncs before the checkpoint's weights
         ro.version = rollout.version - behind
+    clock.mark("first_sync")
     start = int(state.get("step", 0))
     logger = RunLogger(run_dir, cfg.logging, as_dict(cfg), start_step=start)
     log.info("run_dir=%s  model=%s  (%d data rows skipped)", run_dir, model_path, skipped)
+    clock.mark("logger")
     return Parts(run_dir, start, tokenizer, stream, skipped, rewarder, learner, rollout, logger, sched,
-                 [ro for ro, _ in resumed or ()])
+                 handover, share, clock, [ro for ro, _ in resumed or ()])
 
 
 def algorithm_modules(A: DictConfig) -> list[tuple[str, str, str]]:
@@ -262,11 +348,18 @@ def learn(learner: LearnerGroup, items: list[TrainItem], A: DictConfig) -> dict[
                               "is_weight/max", "is_weight/min", "grad/norm",
                               "logprob/train_rollout_pearson", "logprob/train_rollout_abs_diff"),
                              float("nan"))
-    old, agree = learner.old_logprobs(items)
-    if A.old_logprobs == "rollout":
-        old = [it.rollout_logprobs for it in items]
     kwargs = {"eps_low": A.eps_low, "eps_high": A.eps_high, "normalization": A.normalization,
               **A.loss_options}
+    rollout_old = [it.rollout_logprobs for it in items] if A.old_logprobs == "rollout" else None
+    if A.num_minibatches == 1:
+        # one update per rollout: π_old (learner) is the policy before this update, i.e. the
+        # update's own forward, detached; the agreement metrics come from that forward too.
+        # One pass over the tokens instead of two.
+        return merge_minibatch_rounds([learner.train_minibatch(items, rollout_old, A.loss, kwargs,
+                                                               agreement=True)])
+    old, agree = learner.old_logprobs(items)
+    if rollout_old is not None:
+        old = rollout_old
     mb = -(-len(items) // A.num_minibatches)
     rounds = [learner.train_minibatch(items[k:k + mb], old[k:k + mb], A.loss, kwargs)
               for k in range(0, len(items), mb)]
@@ -307,7 +400,8 @@ def stopped(cfg: DictConfig, p: Parts, step: int, why: str) -> None:
 def finish(cfg: DictConfig, p: Parts) -> None:
     total = cfg.trainer.total_steps
     if p.start < total or not (p.run_dir / "checkpoints" / f"step_{total}").exists():
-        checkpoint.save(p.learner, p.run_dir, total, states(p))
+        with p.share.learner_on_gpu():
+            checkpoint.save(p.learner, p.run_dir, total, states(p))
     p.learner.export(str(p.run_dir / "final_model"))
     p.tokenizer.save_pretrained(p.run_dir / "final_model")
     where = p.logger.where()
@@ -423,9 +517,15 @@ def perf_metrics(samples, items: list[TrainItem], rollout_s: float, learn_s: flo
 
 
 def cli() -> None:
+    import signal
+
     from cispo.config_check import check_command_line
 
     check_command_line(CONF_DIR)
+    # `timeout`, a scheduler or kill during start-up or the final save: exit through Python, so
+    # Ray's atexit shutdown stops this run's actors (and frees their GPU memory) instead of
+    # leaving them behind; in the loop, interrupt.StopRequest turns it into finish-step-and-save
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one during start-up: no traceback

@@ -8,11 +8,19 @@ learner ranks iterate the buckets together (the gathers are collectives); rank 0
 
 - CPU / Ray: each bucket is copied to CPU and put in the Ray object store (`to_object_store`);
   every generation worker reads the same copies.
-- GPU: an NCCL group between learner rank 0 (group rank 0) and the engines; each bucket is
-  flattened into one buffer and broadcast (`broadcast_send` / `broadcast_recv`). The group is a
-  process group of its own (`make_group`: a TCPStore + ProcessGroupNCCL), beside the learner's
-  DeepSpeed group, so engines never join the training collectives. On CPU the same code runs over
-  gloo (that is how it is tested here).
+- GPU, engines on GPUs of their own (`parallel.placement=separate`): an NCCL group between
+  learner rank 0 (group rank 0) and the engines; each bucket is flattened into one buffer and
+  broadcast (`broadcast_send` / `broadcast_recv`). The group is a process group of its own
+  (`make_group`: a TCPStore + ProcessGroupNCCL), beside the learner's DeepSpeed group, so engines
+  never join the training collectives. On CPU the same code runs over gloo (that is how it is
+  tested here).
+- GPU, engines on the learner's GPUs (`parallel.placement=colocated`): `SharedBuckets`. The
+  learner rank keeps one flat buffer per bucket on its GPU for the whole run; each engine on that
+  GPU opens every buffer once through a CUDA IPC handle (`BucketHandle`, torch's `reduce_tensor`)
+  and keeps it. A sync is then the ZeRO-3 gathers + one copy into each buffer on the learner
+  side and one device-to-device copy out of it on the engine side: no host memory, no
+  serialisation, nothing sent but a Ray call. On CPU the buffers are shared-memory files instead
+  (the same code path, testable without a GPU).
 
 Only parameters travel: buffers (e.g. lightning decay rates) are not trained and engines hold
 their own. Each sync reports bytes, seconds and GB/s.
@@ -20,9 +28,12 @@ their own. Each sync reports bytes, seconds and GB/s.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -62,6 +73,110 @@ def iter_buckets(module: torch.nn.Module, bucket_bytes: int,
         params = [named[n] for n, _, _ in bucket]
         with _gathered(params, zero3):
             yield bucket, {n: p.data.reshape(shape) for (n, shape, _), p in zip(bucket, params, strict=True)}
+
+
+@dataclass(frozen=True)
+class BucketHandle:
+    """How a process on the same machine opens one flat bucket buffer of a learner rank without
+    copying it: a CUDA IPC handle (`cuda`: torch's `reduce_tensor` of the buffer, i.e. its rebuild
+    function and arguments) or, for CPU buffers, a shared-memory file (`path`). Picklable: it
+    travels through Ray once, when the engine opens the buffers."""
+
+    numel: int
+    dtype: torch.dtype
+    cuda: tuple | None = None
+    path: str | None = None
+
+    def open(self) -> torch.Tensor:
+        """The buffer itself (a CUDA tensor on the same device, or a mapping of the same file);
+        keep it: opening is the expensive part, reading it is a copy."""
+        if self.cuda is not None:
+            rebuild, args = self.cuda
+            return rebuild(*args)
+        return torch.from_file(self.path, shared=True, size=self.numel, dtype=self.dtype)
+
+
+class SharedBuckets:
+    """A learner rank's flat bucket buffers for colocated engines (see the module docstring).
+
+    Made once per run from the bucket plan; `fill` gathers (ZeRO-3) and copies the current
+    weights in, bucket by bucket; `handles()` lets engines open the same memory. On CUDA the
+    buffers live on `device`; on CPU they are files in a private directory under /dev/shm
+    (removed by `close`)."""
+
+    def __init__(self, plan: list[list[Entry]], device: torch.device | str, shm_dir: str | None = None):
+        self.plan, self.device = plan, torch.device(device)
+        self.dir = None
+        self.flats: list[torch.Tensor] = []
+        if self.device.type != "cuda":
+            root = shm_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+            self.dir = tempfile.mkdtemp(prefix="cispo-weights-", dir=root)
+        for k, bucket in enumerate(plan):
+            numel, dtype = sum(_numel(s) for _, s, _ in bucket), bucket[0][2]
+            if self.device.type == "cuda":
+                self.flats.append(torch.empty(numel, dtype=dtype, device=self.device))
+            else:
+                path = os.path.join(self.dir, f"bucket{k:05d}")
+                self.flats.append(torch.from_file(path, shared=True, size=numel, dtype=dtype))
+        self.nbytes = sum(f.numel() * f.element_size() for f in self.flats)
+
+    def handles(self) -> list[BucketHandle]:
+        if self.device.type == "cuda":
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            return [BucketHandle(f.numel(), f.dtype, cuda=reduce_tensor(f)) for f in self.flats]
+        return [BucketHandle(f.numel(), f.dtype, path=os.path.join(self.dir, f"bucket{k:05d}"))
+                for k, f in enumerate(self.flats)]
+
+    def fill(self, module: torch.nn.Module, bucket_bytes: int, zero3: bool, write: bool = True) -> dict[str, float]:
+        """Copy the module's current weights into the buffers (all learner ranks call it together
+        under ZeRO-3: the gathers are collectives; `write=False` ranks only take part in them).
+        Returns when the copies are done, so a reader may start at once."""
+        t0 = time.perf_counter()
+        for k, (bucket, tensors) in enumerate(iter_buckets(module, bucket_bytes, zero3)):
+            if bucket != self.plan[k]:
+                raise RuntimeError(f"weight bucket {k} changed since the buffers were made "
+                                   f"({bucket[0][0]} ... vs {self.plan[k][0][0]} ...)")
+            if write:
+                torch.cat([t.reshape(-1) for t in tensors.values()], out=self.flats[k])
+        _synchronize(self.device)
+        return sync_stats(self.nbytes if write else 0, time.perf_counter() - t0, len(self.plan))
+
+    def close(self) -> None:
+        self.flats = []
+        if self.dir is not None:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def open_buckets(plan: list[list[Entry]], handles: list[BucketHandle]) -> list[tuple[list[Entry], torch.Tensor]]:
+    """Engine side, once per run: (bucket, its opened buffer) pairs to read every sync."""
+    if len(plan) != len(handles):
+        raise ValueError(f"{len(handles)} bucket handles for a plan of {len(plan)} buckets")
+    out = []
+    for bucket, h in zip(plan, handles, strict=True):
+        flat = h.open()
+        if flat.numel() != sum(_numel(s) for _, s, _ in bucket) or flat.dtype != bucket[0][2]:
+            raise ValueError(f"bucket buffer of {flat.numel()} {flat.dtype} does not match its plan")
+        out.append((bucket, flat))
+    return out
+
+
+def load_buckets(opened: list[tuple[list[Entry], torch.Tensor]],
+                 load: Callable[[dict[str, torch.Tensor]], None]) -> dict[str, float]:
+    """Engine side, every sync: `load` each bucket's tensors (views of the shared buffer: `load`
+    must copy them, as `load_state_dict` does); returns when the copies are done, so the learner
+    may overwrite the buffers afterwards."""
+    t0, nbytes, device = time.perf_counter(), 0, None
+    for bucket, flat in opened:
+        load(unflatten(flat, bucket))
+        nbytes += flat.numel() * flat.element_size()
+        device = flat.device
+    if device is not None:
+        _synchronize(device)
+    return sync_stats(nbytes, time.perf_counter() - t0, len(opened))
 
 
 def to_object_store(module: torch.nn.Module, bucket_bytes: int, zero3: bool, is_sender: bool,

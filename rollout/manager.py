@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -23,13 +24,20 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None, parallel: Any = None):
+                 model_options: dict | None = None, parallel: Any = None,
+                 scheduling: list[dict] | None = None, wait: bool = True):
         """`cfg`: the `rollout` config group; `parallel`: the `parallel` group (each engine's
-        tensor x pipeline parallel size, its concurrency; None: all defaults)."""
+        tensor x pipeline parallel size, its concurrency; None: all defaults). `scheduling`: Ray
+        options per engine from a placement made elsewhere (colocated with the learner,
+        `cispo.placement`); None = one placement group per engine here. `wait=False` returns
+        while the engines still load (call `ready()`), so other start-up work overlaps."""
         self.cfg = cfg
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
         self._version = 0
+        # how a restarted worker gets the current weights back (set by the weight hand-over;
+        # None: from the object-store refs of the last sync)
+        self.resync_worker: Callable[[int], None] | None = None
         opts = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": cfg.num_gpus_per_worker,
                 "max_restarts": cfg.max_restarts,
                 "runtime_env": {"env_vars": actor_env(cfg.torch_threads)}}
@@ -37,14 +45,27 @@ class RolloutManager:
         parallel = parallel if parallel is not None else OmegaConf.structured(ParallelConfig)
         engine_options = engine_options_from(cfg, parallel)
         devices = parallel.rollout_tensor_parallel * parallel.rollout_pipeline_parallel
-        self.placement_groups = placement_groups(cfg, devices)  # one per engine, or [] (Ray places freely)
+        if scheduling is None:  # one placement group per engine, or [] (Ray places freely)
+            self.placement_groups = placement_groups(cfg, devices)
+            scheduling = [_in_group(self.placement_groups, k, devices) for k in range(cfg.num_workers)]
+        else:
+            self.placement_groups = []  # owned by whoever made them
         self.workers = [
-            GenerationWorker.options(**opts, **_in_group(self.placement_groups, k, devices)).remote(
+            GenerationWorker.options(**opts, **scheduling[k]).remote(
                 cfg.engine, model_path, dtype, cfg.torch_threads, trust_remote_code, device,
                 model_options, engine_options)
             for k in range(cfg.num_workers)
         ]
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Block until every engine has loaded (raises the first engine's start-up error)."""
         ray.get([w.ready.remote() for w in self.workers])
+
+    def startup_times(self) -> dict[str, float]:
+        """Engine 0's start-up parts (load, warm-up), seconds."""
+        return ray.get(self.workers[0].startup_times.remote())
 
     @property
     def version(self) -> int:
@@ -57,6 +78,37 @@ class RolloutManager:
         slowest worker's load seconds."""
         self._weights, self._version = weights, self._version + 1
         return max(ray.get([w.load_weights.remote(weights, self._version) for w in self.workers]))
+
+    def open_shared(self, plan: list, handles: list[list]) -> None:
+        """Colocated: engine k opens `handles[k]` (its GPU's learner rank's bucket buffers) once."""
+        self._shared = (plan, handles)
+        ray.get([w.open_shared.remote(plan, h) for w, h in zip(self.workers, handles, strict=True)])
+
+    def load_shared(self) -> float:
+        """Colocated sync: every engine copies the weights out of the opened buffers (the learner
+        filled them just before). Returns the slowest engine's seconds."""
+        self._version += 1
+        return max(ray.get([w.load_shared.remote(self._version) for w in self.workers]))
+
+    def receive_weights(self) -> list:
+        """Separate sync: every engine starts receiving the broadcast learner rank 0 sends at the
+        same time (cispo.handover); returns the engines' Ray references (seconds each)."""
+        self._version += 1
+        return [w.receive_weights.remote(self._version) for w in self.workers]
+
+    def join_weight_group(self, backend: str, addr: str, port: int, plan: list) -> list:
+        """Engine k joins learner rank 0's weight group as rank k + 1; Ray references to wait on
+        (together with the learner's own join: the group forms when all have called)."""
+        world = len(self.workers) + 1
+        return [w.join_weight_group.remote(backend, addr, port, k + 1, world, plan)
+                for k, w in enumerate(self.workers)]
+
+    def sleep(self) -> float:
+        """Engines release their cache memory (colocated, while the learner trains)."""
+        return max(ray.get([w.sleep.remote() for w in self.workers]))
+
+    def wake(self) -> float:
+        return max(ray.get([w.wake.remote() for w in self.workers]))
 
     def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
         """G samples per prompt; result grouped by prompt, in prompt order."""
@@ -81,7 +133,10 @@ class RolloutManager:
             try:
                 if ref is None:
                     w = self.workers[k]
-                    ray.get(w.load_weights.remote(self._weights, self._version))
+                    if self.resync_worker is not None:
+                        self.resync_worker(k)
+                    else:
+                        ray.get(w.load_weights.remote(self._weights, self._version))
                     ref = w.generate.remote(chunk, self.cfg.group_size, params, first, self._version)
                 return ray.get(ref)
             except (RayActorError, ActorUnavailableError, RayTaskError) as e:
@@ -116,14 +171,20 @@ def engine_options_from(cfg: Any, parallel: Any) -> dict:
     """The engine's own settings from `rollout.*` and the engine keys of `parallel.*` (what each
     engine accepts differs)."""
     tensor_parallel, pipeline_parallel = parallel.rollout_tensor_parallel, parallel.rollout_pipeline_parallel
+    if cfg.engine in ("hf", "graph") and tensor_parallel * pipeline_parallel != 1:
+        raise ValueError(f"rollout.engine={cfg.engine} runs on one device per engine: set "
+                         "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
+                         "(model parallel engines need rollout.engine=vllm)")
     if cfg.engine == "hf":
-        if tensor_parallel * pipeline_parallel != 1:
-            raise ValueError("rollout.engine=hf runs on one device per engine: set "
-                             "parallel.rollout_tensor_parallel=1 and parallel.rollout_pipeline_parallel=1 "
-                             "(model parallel engines need rollout.engine=vllm)")
         return {"max_prompts_per_batch": cfg.max_prompts_per_batch, "record_routing": cfg.routing_replay}
+    if cfg.engine == "graph":
+        share = -(-cfg.prompts_per_step * cfg.group_size // max(cfg.num_workers, 1))
+        return {"max_slots": parallel.rollout_concurrency or share,
+                "prefill_tokens": parallel.rollout_batched_tokens,
+                "gpu_memory_fraction": cfg.gpu_memory_fraction, "cuda_graphs": cfg.cuda_graphs,
+                "record_routing": cfg.routing_replay, "max_new_tokens": cfg.max_new_tokens}
     if cfg.routing_replay:
-        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf (got {cfg.engine!r})")
+        raise ValueError(f"rollout.routing_replay needs rollout.engine=hf or graph (got {cfg.engine!r})")
     if cfg.engine == "vllm":
         opts = {"tensor_parallel_size": tensor_parallel, "pipeline_parallel_size": pipeline_parallel,
                 "max_num_batched_tokens": parallel.rollout_batched_tokens}

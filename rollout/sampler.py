@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 M32 = 0xFFFFFFFF
-_MUL = 0x45D9F3B  # < 2^31: the product of a 32-bit value and it fits in int64 without overflow
+MIX_MUL = 0x45D9F3B  # < 2^31: the product of a 32-bit value and it fits in int64 without overflow
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (xorshift-multiply rounds) of int64 tensors holding values < 2^32."""
-    x = ((x ^ (x >> 16)) * _MUL) & M32
-    x = ((x ^ (x >> 16)) * _MUL) & M32
+    x = ((x ^ (x >> 16)) * MIX_MUL) & M32
+    x = ((x ^ (x >> 16)) * MIX_MUL) & M32
     return x ^ (x >> 16)
 
 
@@ -33,9 +33,13 @@ def sample_keys(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tenso
     return k
 
 
-def gumbel_noise(keys: torch.Tensor, step: int, vocab_hash: torch.Tensor) -> torch.Tensor:
-    """[B, V] Gumbel(0, 1) noise for decode step `step`; `vocab_hash` = mix32(arange(V))."""
-    k = mix32(keys ^ mix32(torch.tensor(step + 0x5BD1E995, device=keys.device) & M32))
+STEP_SALT = 0x5BD1E995
+
+
+def gumbel_noise(keys: torch.Tensor, step: int | torch.Tensor, vocab_hash: torch.Tensor) -> torch.Tensor:
+    """[B, V] Gumbel(0, 1) noise for decode step `step` (an int, or each row's step as a [B]
+    tensor); `vocab_hash` = mix32(arange(V))."""
+    k = mix32(keys ^ mix32((torch.as_tensor(step, device=keys.device) + STEP_SALT) & M32))
     u = mix32(k[:, None] ^ vocab_hash[None, :]).double()
     u = (u + 0.5) / 2.0**32  # in (0, 1), never 0 or 1
     return -torch.log(-torch.log(u))

@@ -77,6 +77,16 @@ def test_head_settings_need_the_fp32_head():
     assert "parallel.head_chunk_tokens=1024" in msg and "model.fp32_lm_head=true" in msg
 
 
+def test_head_precision_is_one_of_the_known_paths():
+    cfg = _cfg()
+    cfg.learner.head_precision = "tf32"
+    [msg] = value_problems(cfg)
+    assert "learner.head_precision='tf32'" in msg and "split_bf16" in msg
+    cfg.learner.head_precision = "ieee"
+    cfg.model.fp32_lm_head = False  # the reference path's name is fine without the FP32 head
+    assert value_problems(cfg) == []
+
+
 def test_a_declared_key_is_not_called_unknown(tmp_path):
     """Setting an empty dict (a dict of free keys) works without Hydra's `+`, as the docs write it."""
     import subprocess
@@ -206,3 +216,43 @@ def test_sandbox_placement_is_checked():
     assert "ray.address" in msg and "sandbox.placement=local" in msg
     cfg.ray.address = "auto"
     assert local_ray_problems(cfg) == []
+
+
+# --- the GPU branches' keys (issues 15, 16, 22): rules that follow the code's own lists ---------
+
+def test_choice_rules_follow_the_codes_lists():
+    """A rule's choices are the values the code accepts: a new head precision, transport or
+    placement that the rules do not list would be refused at start-up."""
+    import rollout.engines as engines
+    from cispo.config_rules import RULES
+    from cispo.models.fp32_head import HEAD_PRECISIONS
+    from cispo.models.speed import GROUPED_MM_BACKENDS
+    from cispo.placement import PLACEMENTS, TRANSPORTS
+
+    assert RULES["learner.head_precision"].values == HEAD_PRECISIONS
+    assert set(RULES["learner.grouped_mm_backend"].values) == set(GROUPED_MM_BACKENDS)
+    assert RULES["parallel.placement"].values == PLACEMENTS
+    assert RULES["rollout.sync_transport"].values == TRANSPORTS
+    engines.discover()  # what importing every engine module registers, against the source scan
+    if not engines._import_errors:
+        assert engines.declared_names() == set(engines.ENGINES)
+    assert {"hf", "graph", "vllm"} <= engines.declared_names()
+
+
+def test_gpu_keys_are_checked_up_front():
+    cfg = _cfg()
+    cfg.rollout.engine, cfg.rollout.gpu_memory_fraction = "grpah", 0.0
+    cfg.learner.checkpoint_layers, cfg.rollout.sync_transport = -2, "nccl"
+    cfg.logging.profile_learn_step = -1
+    problems = value_problems(cfg)
+    assert len(problems) == 5, problems
+    for text in ("rollout.engine='grpah': use one of graph, hf, vllm", "rollout.gpu_memory_fraction=0.0: must be > 0",
+                 "learner.checkpoint_layers=-2: must be >= -1", "rollout.sync_transport='nccl': use one of",
+                 "logging.profile_learn_step=-1: must be >= 0"):
+        assert any(text in p for p in problems), text
+    cfg = _cfg()
+    cfg.learner.offload_while_generating = True  # separate placement: nothing to make room for
+    [msg] = value_problems(cfg)
+    assert "learner.offload_while_generating=true" in msg and "parallel.placement=colocated" in msg
+    cfg.parallel.placement = "colocated"
+    assert value_problems(cfg) == []

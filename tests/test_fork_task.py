@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-import fork_task  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("fork_reward", BENCH / "fork_reward.py")
-fork_reward = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fork_reward)
+
+def _bench_module(name: str):
+    """bench/<name>.py by its path: bench/ on sys.path would shadow the `rollout` package with
+    bench/rollout.py for every test after this one (unpickling a checkpoint's rollouts failed)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+fork_task, fork_reward = _bench_module("fork_task"), _bench_module("fork_reward")
 
 
 @pytest.mark.parametrize("completion,right", [

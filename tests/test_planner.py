@@ -232,7 +232,7 @@ def test_m1_80k_names_the_sequence_parallel_size_it_needs():
 
 def test_colocated_engines_share_the_learner_gpus():
     sep = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
-                            "cluster.gpus_per_node=2"))
+                            "cluster.gpus_per_node=2", "parallel.placement=separate"))
     col = build_plan(config("+exp=small_gpu", "rollout.num_gpus_per_worker=1", "learner.num_gpus_per_worker=1",
                             "cluster.gpus_per_node=2", "parallel.placement=colocated"))
     assert (sep["gpus"], col["gpus"]) == (2, 1) and col["rollout"]["placement"] == "colocated"
@@ -350,3 +350,32 @@ def test_checkpointing_already_on_is_not_advised():
     assert "gradient_checkpointing" not in advice("layer_recompute", cfg)
     assert "gradient_checkpointing" in advice("layer_recompute", config("+exp=m1_80k",
                                                                         "learner.gradient_checkpointing=false"))
+
+
+def test_selective_checkpointing_fewest_layers_that_fit():
+    """Recomputing k of L layers keeps k layer inputs and L − k + 1 layers' activations; the plan
+    names the fewest k that fit (0 when everything fits, None when even all do not)."""
+    import dataclasses
+
+    from cispo.planner import fewest_checkpoint_layers
+    from cispo.planner_memory import LearnerLayout, activations, learner_terms
+    from cispo.planner_model import Shape, param_counts
+
+    s = Shape(vocab=1000, hidden=64, layers=8, softmax_layers=1, heads=4, kv_heads=2, head_dim=16,
+              experts=4, top_k=2, ffn=64, tied_head=False, block_size=16, minimax=True)
+    lay = LearnerLayout(ranks=1, zero_stage=3, dtype_bytes=2, expert_parallel=1, sequence_parallel=1,
+                        tokens_per_micro_batch=4096, head_chunk_tokens=0, checkpointing=True, prefetch_layers=2)
+    full, three = activations(s, lay), activations(s, dataclasses.replace(lay, checkpoint_layers=3))
+    none = activations(s, dataclasses.replace(lay, checkpointing=False))
+    per_layer = none["layer_recompute"] / 8
+    assert three["checkpoints"] == pytest.approx(full["checkpoints"] * 3 / 8)
+    assert three["layer_recompute"] == pytest.approx(6 * per_layer)
+    assert full["layer_recompute"] == pytest.approx(per_layer)
+    counts = param_counts(s)
+
+    def total(k):
+        return sum(learner_terms(s, counts, dataclasses.replace(lay, checkpointing=k > 0,
+                                                               checkpoint_layers=k), 0.0).values())
+    assert fewest_checkpoint_layers(s, counts, lay, 0.0, total(0) + 1) == 0
+    assert fewest_checkpoint_layers(s, counts, lay, 0.0, total(5)) == 5
+    assert fewest_checkpoint_layers(s, counts, lay, 0.0, total(8) - 1) is None

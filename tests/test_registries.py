@@ -44,7 +44,7 @@ def test_an_engine_without_the_protocol_is_refused():
 
 def test_built_in_engines_implement_the_protocol(tiny_model_path):
     engines.discover()
-    assert {"hf", "vllm"} <= set(engines.ENGINES)
+    assert {"hf", "graph", "vllm"} <= set(engines.ENGINES)
     for cls in engines.ENGINES.values():
         assert all(callable(getattr(cls, m, None)) for m in engines.PROTOCOL_METHODS), cls
     eng = engines.make_engine("hf", tiny_model_path, "float32", "cpu")

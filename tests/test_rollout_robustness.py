@@ -1,5 +1,6 @@
 """Repetition early stop and generation-worker crashes."""
 
+import pytest
 import ray
 import torch
 from omegaconf import OmegaConf
@@ -47,7 +48,8 @@ def test_trailing_confident_run():
     assert trailing_confident_run(lp + [math.log(0.9)], 0.99) == 0
 
 
-def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_path):
+@pytest.mark.parametrize("engine", ["hf", "graph"])
+def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_path, engine):
     """ray.kill between steps, then os._exit inside a worker in the middle of a step."""
     import sys
 
@@ -56,7 +58,7 @@ def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_pat
     from cispo.models.build import load_model
     from rollout.manager import RolloutManager
 
-    cfg = OmegaConf.structured(RolloutConfig(num_workers=2, group_size=2, max_new_tokens=4,
+    cfg = OmegaConf.structured(RolloutConfig(engine=engine, num_workers=2, group_size=2, max_new_tokens=4,
                                              num_cpus_per_worker=1, max_restarts=2))
     mgr = RolloutManager(cfg, tiny_model_path)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the crash hook runs in a worker
@@ -84,15 +86,26 @@ def test_killed_worker_still_yields_the_complete_batch(ray_local, tiny_model_pat
 
 
 def _exit_on_third_forward(worker_self) -> None:
-    """Runs inside a generation worker: the engine's third model call (prefill, then the second
-    decode step) ends the process with os._exit, as an OOM-killed or crashing process would."""
+    """Runs inside a generation worker: the engine's third model call (hf: prefill, then the
+    second decode step; graph: its third decode step) ends the process with os._exit, as an
+    OOM-killed or crashing process would."""
     import os
 
     calls = [0]
 
-    def hook(module, args, output):
+    def hook(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 3:
             os._exit(1)
 
-    worker_self.engine.model.register_forward_hook(hook)
+    engine = worker_self.engine
+    if hasattr(engine, "static"):  # the graph engine runs its own step, not the module's forward
+        step = engine.static.decode
+
+        def decode(*args, **kwargs):
+            hook()
+            return step(*args, **kwargs)
+
+        engine.static.decode = decode
+    else:
+        engine.model.register_forward_hook(hook)

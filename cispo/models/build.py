@@ -8,6 +8,8 @@ exact code path a real checkpoint takes.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,6 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
     """The model directory (or hub id) every process loads with `load_model`/`load_tokenizer`."""
     if cfg.name != "tiny":
         return cfg.name
-    from transformers import MiniMaxForCausalLM
-
     from cispo.models.tokenizer import build_char_tokenizer
 
     out = Path(out_dir)
@@ -49,13 +49,88 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
     tok = build_char_tokenizer()
     config = tiny_minimax_config(cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id,
                                  tok.eos_token_id)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.tiny.init_seed)
-        model = MiniMaxForCausalLM(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    # the same shape, seed, dtype and library versions give the same weights: build once per
+    # machine (a 0.25B model takes seconds to initialise and write), then link/copy
+    on_gpu = _init_on_gpu(config)
+    cached = _tiny_cache_dir(config, cfg, on_gpu)
+    if cached is not None and cached.exists():  # made by rename: complete when it exists
+        _link_tree(cached, out)
+        return str(out)
+    target = cached if cached is not None else out
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    if on_gpu:  # in a child process: the driver keeps no CUDA context of its own
+        import multiprocessing
+
+        proc = multiprocessing.get_context("spawn").Process(
+            target=build_random_model, args=(config, cfg.tiny.init_seed, cfg.dtype, str(tmp), "cuda"))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"building the random model on the GPU failed (exit {proc.exitcode})")
+    else:
+        build_random_model(config, cfg.tiny.init_seed, cfg.dtype, str(tmp), "cpu")
+    tok.save_pretrained(tmp)
+    if target.exists():  # another run built it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(target)
+    if cached is not None:
+        _link_tree(cached, out)
     return str(out)
+
+
+def build_random_model(config, seed: int, dtype: str, out: str, device: str) -> None:
+    """A random MiniMax of `config` saved to `out` in `dtype` (stored in the run's dtype: every
+    process loads it in that dtype anyway, half the bytes for bf16)."""
+    from transformers import MiniMaxForCausalLM
+
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = MiniMaxForCausalLM(config)
+    model.to(DTYPES[dtype]).to("cpu").save_pretrained(out)
+
+
+def _init_on_gpu(config, threshold: float = 5e8) -> bool:
+    """Initialise on a GPU when there is one and the model is large: ~2B normal draws take
+    tens of seconds on a CPU, well under one on a GPU (the spawn costs a few seconds)."""
+    if not torch.cuda.is_available():
+        return False
+    from transformers import MiniMaxForCausalLM
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in MiniMaxForCausalLM(config).parameters())
+    return n > threshold
+
+
+def _tiny_cache_dir(config, cfg: Any, on_gpu: bool = False) -> Path | None:
+    """Where built tiny models are kept across runs: $CISPO_CACHE (default ~/.cache/cispo)
+    /tiny-models/<hash of config, seed, dtype, torch and transformers versions>; None when
+    CISPO_CACHE=off."""
+    import hashlib
+    import json
+
+    import transformers
+
+    root = os.environ.get("CISPO_CACHE", str(Path.home() / ".cache" / "cispo"))
+    if root == "off":
+        return None
+    key = json.dumps([config.to_dict(), cfg.tiny.init_seed, cfg.dtype, torch.__version__,
+                      transformers.__version__] + (["cuda"] if on_gpu else []), sort_keys=True, default=str)
+    return Path(root) / "tiny-models" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links of src's files in dst (a copy where links cannot be made)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if (dst / f.name).exists():
+            continue
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
 
 
 def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, *,
@@ -78,9 +153,11 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         apply_fp32_head(model)
     if model.config.model_type == "minimax":
         if torch.cuda.is_available():
+            from cispo.models.fla_autotune import pin_fla_autotune
             from cispo.models.lightning import patch_lightning_attention
 
             patch_lightning_attention(model)  # CPU passes keep transformers' loop inside
+            pin_fla_autotune()  # a cold start compiles a few dozen kernels, not ~150
         else:  # packed rows on CPU: transformers' loop once per sequence
             from cispo.models.segmented import patch_segmented_lightning
 

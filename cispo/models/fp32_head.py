@@ -19,6 +19,14 @@ from torch import nn
 
 from cispo.ops.chunked_logprobs import linear_token_logprobs
 from cispo.ops.fp32_matmul import fp32_linear
+from cispo.ops.fused_head import fused_token_logprobs
+
+# How the chunked log-prob path computes its products (learner.head_precision):
+#   split_bf16  the fused Triton kernels, FP32-accurate from bf16 tensor-core products (default;
+#               cispo.ops.fused_head; on CPU it is the ieee path)
+#   ieee        torch ops, every product in IEEE FP32, TF32 off: the reference (M1's FP32 head)
+#   3xtf32      torch ops, each FP32 product from three TF32 products
+HEAD_PRECISIONS = ("split_bf16", "ieee", "3xtf32")
 
 
 class FP32LMHead(nn.Module):
@@ -27,9 +35,9 @@ class FP32LMHead(nn.Module):
         self.weight = nn.Parameter(weight.detach().to(torch.float32), requires_grad=weight.requires_grad)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32))
         self.out_features, self.in_features = self.weight.shape
-        # "ieee" (M1: TF32 off) or "3xtf32" for the chunked log-prob path (cispo.ops.chunked_logprobs)
-        self.precision = "ieee"
-        # tokens per tile of the chunked log-prob op (parallel.head_chunk_tokens); None: its default
+        self.precision = "split_bf16"  # of the chunked log-prob path: one of HEAD_PRECISIONS
+        # tokens per chunk of the log-prob op (parallel.head_chunk_tokens; the torch paths' tile,
+        # the fused path's backward chunk); None: its default
         self.chunk_tokens: int | None = None
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None,
@@ -39,12 +47,16 @@ class FP32LMHead(nn.Module):
         if self.bias is not None:
             raise ValueError("chunked log-probs support heads without bias (every MiniMax/Llama-"
                              "style LM head); call head(hidden) for full logits instead")
+        if self.precision == "split_bf16":
+            return fused_token_logprobs(hidden, self.weight, tokens, temperature, with_entropy=with_entropy,
+                                        chunk_tokens=chunk_tokens or self.chunk_tokens)
         return linear_token_logprobs(hidden, self.weight, tokens, temperature,
                                      with_entropy=with_entropy, chunk_tokens=chunk_tokens or self.chunk_tokens,
                                      precision=self.precision)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp32, no tf32"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp32, "
+                f"log-probs {self.precision}")
 
 
 def apply_fp32_head(model: nn.Module) -> nn.Module:

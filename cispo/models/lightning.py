@@ -29,9 +29,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# cache the row's boundaries on the tensor they come from (False: rebuild them in every layer, as
+# before issue 22; benchmarks switch it to compare)
+CACHE_CU_SEQLENS = True
+
 
 def _cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq_len: int, kwargs: dict):
+    """The row's sequence boundaries (long), or None for one sequence / a padded batch. Cached on
+    the tensor it comes from, so every layer (and the backward) passes fla the same object: its
+    chunk indices are then built once per forward (fla caches them by identity), not per layer."""
     cu = kwargs.get("cu_seq_lens_q")
+    src = cu if cu is not None else position_ids
+    if src is None:
+        return None
+    if not CACHE_CU_SEQLENS:
+        return _derive_cu_seqlens(cu, position_ids, batch, seq_len)
+    cached = getattr(src, "_cispo_cu_long", None)
+    if cached is None:
+        cached = _derive_cu_seqlens(cu, position_ids, batch, seq_len)
+        src._cispo_cu_long = cached if cached is not None else False
+    return cached if cached is not False else None
+
+
+def _cu_seqlens_cpu(cu: torch.Tensor | None) -> torch.Tensor | None:
+    """A host copy of cu_seqlens (one sync per forward, cached): fla otherwise reads the lengths
+    back from the GPU in every call."""
+    if cu is None or not cu.is_cuda or not CACHE_CU_SEQLENS:
+        return None
+    cached = getattr(cu, "_cispo_cpu", None)
+    if cached is None:
+        cached = cu.cpu()
+        cu._cispo_cpu = cached
+    return cached
+
+
+def _derive_cu_seqlens(cu, position_ids, batch, seq_len):
     if cu is not None:
         return cu.to(torch.long)
     if position_ids is None or batch != 1:
@@ -68,6 +100,7 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
     g_gamma = -self.slope_rate.reshape(heads).float()
     # a prefill with a cache (generation, use_cache=True) leaves the final KV state for decoding
     o, state = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, cu_seqlens=cu,
+                                cu_seqlens_cpu=_cu_seqlens_cpu(cu),
                                 output_final_state=past_key_values is not None)
     if past_key_values is not None:
         # fla's final state is FP32; transformers' decode step multiplies it with the model-dtype

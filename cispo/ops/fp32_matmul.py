@@ -99,3 +99,34 @@ def mm_3xtf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out.addmm_(al, bh)
         out.addmm_(ah, bh)
     return out
+
+
+def bf16_parts(w: torch.Tensor, parts: int) -> torch.Tensor:
+    """[N, parts·K] bf16 pieces of a float32 [N, K] matrix laid side by side along K:
+    w = p₀ + p₁ + … (each the bf16 rounding of what the earlier ones left), so one, two or
+    three pieces carry 8, 16 or 24 significant bits: three reproduce any float32 value (up to
+    exponent underflow of the last piece)."""
+    out, rest = [], w.float()
+    for _ in range(parts):
+        p = rest.to(torch.bfloat16)
+        out.append(p)
+        rest = rest - p.float()
+    return torch.cat(out, dim=1).contiguous()
+
+
+def bf16_parts_needed(w: torch.Tensor) -> int:
+    """1 when every entry of `w` is a bf16 value (a head trained in bf16, as DeepSpeed's bf16 mode
+    holds it), else 3. Reads the answer on the host."""
+    return 1 if torch.equal(w.float(), w.to(torch.bfloat16).float()) else 3
+
+
+def mm_bf16_parts(a: torch.Tensor, parts_t: torch.Tensor, parts: int) -> torch.Tensor:
+    """float32 a @ wᵀ for bf16 `a` and the `bf16_parts(w, parts)` of w, on the bf16 tensor cores:
+    every product of two bf16 values is exact in float32 and the sum is accumulated in float32,
+    so with `parts` enough to hold w the result is the FP32 product up to summation order
+    (what M1's FP32 LM head asks for), at bf16 tensor-core speed instead of float32 CUDA cores.
+    `parts_t` is [N, parts·K]; needs `torch.mm(..., out_dtype=torch.float32)` (CUDA)."""
+    if a.dtype != torch.bfloat16:
+        raise ValueError(f"mm_bf16_parts needs bf16 activations, got {a.dtype}")
+    x = a if parts == 1 else a.repeat(1, parts)
+    return torch.mm(x, parts_t.t(), out_dtype=torch.float32)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from rollout.types import Sample, SamplingParams
@@ -93,6 +95,21 @@ def discover() -> None:
         except Exception as e:  # noqa: BLE001 (reported when one of its engines is asked for)
             _import_errors[mod.name] = e
     _discovered = True
+
+
+_REGISTERS = re.compile(r"""^@register_engine\(\s*["']([^"']+)["']\s*\)""", re.MULTILINE)  # a class decorator
+
+
+def declared_names() -> set[str]:
+    """The names this package's modules register, read from their source without importing them
+    (torch, Triton, vLLM), plus any registered already: what the start-up check
+    (`cispo.config_check`) accepts for `rollout.engine` within a second of the command, before
+    any worker starts. A module that then fails to import still says why in `make_engine`."""
+    names = set(ENGINES)
+    for folder in __path__:
+        for f in Path(folder).glob("*.py"):
+            names.update(_REGISTERS.findall(f.read_text(errors="replace")))
+    return names
 
 
 def make_engine(name: str, *args, **kwargs):
