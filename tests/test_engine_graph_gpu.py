@@ -95,15 +95,25 @@ def test_weights_loaded_without_recapture(tiny_model_path, tmp_path):
     prompts, params = prompts_for(tiny_model_path), SamplingParams(max_new_tokens=12, seed=9)
     opts = {"fp32_head": True}
     engine = GraphEngine(tiny_model_path, "bfloat16", "cuda", model_options=opts, max_slots=8)
+    g = torch.Generator().manual_seed(0)
+
+    def bf16_weights():  # bf16 values, as a bf16 learner sends them
+        return {n: (p.detach().float().cpu() + 0.05 * torch.randn(p.shape, generator=g)).to(torch.bfloat16)
+                for n, p in engine.model.named_parameters()}
+
+    def sync(weights):  # in buckets of 5 tensors, as the loop sends them
+        names = list(weights)
+        for a in range(0, len(names), 5):
+            engine.load_state_dict({n: weights[n].cuda() for n in names[a:a + 5]}, strict=False)
+        engine.check_complete(set(names))
+
+    # the tiny model's FP32 head needs two bf16 pieces, a bf16 learner's one: the first sync may
+    # re-capture once (other shapes); every later sync must reuse the graphs
+    sync(bf16_weights())
     engine.generate(prompts, 2, params)
     captures = engine.stats["captures"]
-    g = torch.Generator().manual_seed(0)
-    new = {n: (p.detach().float().cpu() + 0.05 * torch.randn(p.shape, generator=g)).to(torch.bfloat16)
-           for n, p in engine.model.named_parameters()}  # bf16 values, as a bf16 learner sends them
-    names = list(new)
-    for a in range(0, len(names), 5):
-        engine.load_state_dict({n: new[n].cuda() for n in names[a:a + 5]}, strict=False)
-    engine.check_complete(set(names))
+    new = bf16_weights()
+    sync(new)
     after = engine.generate(prompts, 2, params)
     model = load_model(tiny_model_path)
     model.load_state_dict({n: t.float() for n, t in new.items()}, strict=False)

@@ -274,11 +274,14 @@ def check_sampling():
         else:
             sample_step(logits, rows, a, vh, temp, force=FORCE)
             sample_step_ref(logits, rows, b, vh, temp)
-        for name in ("tok", "pos", "info", "run", "out_tok"):
-            assert torch.equal(getattr(a, name), getattr(b, name)), (name, getattr(a, name), getattr(b, name))
-        fin = ~b.out_lp.isnan()
-        assert torch.equal(fin, ~a.out_lp.isnan())
-        assert (a.out_lp[fin] - b.out_lp[fin]).abs().max() < 1e-5
+        # slot S is the dummy that padded rows point at: written twice here, in an order the GPU
+        # does not fix (two programs race), and never read; compare the real slots only
+        for name in ("tok", "pos", "run", "out_tok"):
+            assert torch.equal(getattr(a, name)[:S], getattr(b, name)[:S]), (name, getattr(a, name), getattr(b, name))
+        assert torch.equal(a.info[:, :S], b.info[:, :S]), ("info", a.info, b.info)
+        fin = ~b.out_lp[:S].isnan()
+        assert torch.equal(fin, ~a.out_lp[:S].isnan())
+        assert (a.out_lp[:S][fin] - b.out_lp[:S][fin]).abs().max() < 1e-5
         assert a.info[1, 1] == 1 and a.info[1, 0] == 1  # stopped on 9 and on 5
         assert torch.equal(a.info[:, 3], pool.info[:, 3]) and torch.equal(a.info[:, 5], pool.info[:, 5])
     print("sampling ok")
