@@ -56,7 +56,7 @@ def _lightning_decode_kernel(qkv_ptr, state_ptr, slot_ptr, decay_ptr, codes_ptr,
     h = tl.program_id(1)
     j = tl.program_id(2)
     s = tl.load(slot_ptr + r).to(tl.int64)
-    running = tl.load(codes_ptr + s) < 0
+    code = tl.load(codes_ptr + s)
     base = qkv_ptr + r * stride_qkv + h * 3 * D
     di = tl.arange(0, D)
     vj = j * BV + tl.arange(0, BV)
@@ -74,7 +74,11 @@ def _lightning_decode_kernel(qkv_ptr, state_ptr, slot_ptr, decay_ptr, codes_ptr,
     lam = tl.load(decay_ptr + layer * H + h)
     S = lam * S + kf[:, None] * vf[None, :]
     o = tl.sum(qf[:, None] * S, axis=0)
-    tl.store(sp, S, mask=running & (di[:, None] >= 0) & (vj[None, :] >= 0))
+    # the running test on the [D, BV] block itself, not a scalar bool broadcast into it: Triton's
+    # interpreter (3.6..3.9) widens a broadcast scalar comparison to the operands' int type, and
+    # 3.9's refuses an int mask; compiled, both forms are one predicate per row
+    running = (code + tl.zeros([D, BV], dtype=tl.int64)) < 0
+    tl.store(sp, S, mask=running)
     tl.store(out_ptr + r * stride_out + h * D + vj, o.to(out_ptr.dtype.element_ty))
 
 

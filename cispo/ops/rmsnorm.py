@@ -61,7 +61,9 @@ if triton is not None:
             row = pid * rows_per_prog + i
             ok = row < n_rows
             row64 = row.to(tl.int64)
-            m = mask & ok
+            # past the last row no column is valid; a block comparison, not mask & ok (the
+            # interpreter widens a broadcast scalar bool to int, which 3.9's refuses as a mask)
+            m = cols < tl.where(ok, n_cols, 0)
             x = tl.load(X + row64 * stride_x + cols, mask=m, other=0.0).to(tl.float32)
             dy = tl.load(DY + row64 * stride_dy + cols, mask=m, other=0.0).to(tl.float32)
             r = tl.load(R + row, mask=ok, other=0.0)
