@@ -7,7 +7,10 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := .stamps
 # The pinned set the project is tested with (torch 2.13.0: a CPU build on the dev/CI machines).
-PINS    := torch==2.13.0 deepspeed==0.19.8 ray[default]==2.60.0 transformers==5.23.0
+# triton 3.6.0: the GPU machine's version, so CI's interpreter and sm_90 compile checks of the
+# kernels match what runs there (a CPU torch does not bring one; only Linux x86_64 has wheels).
+PINS    := torch==2.13.0 deepspeed==0.19.8 ray[default]==2.60.0 transformers==5.23.0 \
+           "triton==3.6.0; platform_system == 'Linux' and platform_machine == 'x86_64'"
 
 .PHONY: demo test test-all venv docker image lint bench clean
 
