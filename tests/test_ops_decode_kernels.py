@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(*args, **env):
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_checks.py"), *args],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **env},
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")])), **env},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     names = ["rms_norm", "lightning_decode", "decode_attention", "rope_cache", "moe", "sampling"]
