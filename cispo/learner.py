@@ -44,6 +44,14 @@ class TrainItem:
     advantage: float
     routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
     prompt_index: int = 0  # which prompt of the step it answers (prompt-level loss averaging)
+    # multi-turn episodes: 1 where response_ids[t] is the model's own token (trained), 0 where
+    # the environment wrote it (context only); None: every response token is the model's
+    loss_mask: list[int] | None = None
+
+    @property
+    def trained_tokens(self) -> int:
+        """Response tokens the loss sees: the model's own."""
+        return len(self.response_ids) if self.loss_mask is None else int(sum(self.loss_mask))
 
 
 def _free_port() -> int:
@@ -70,10 +78,14 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
         attn[i, :len(seq)] = 1
         p, r = len(it.prompt_ids), len(it.response_ids)
         # logits at position t predict token t+1: response token j sits at p+j, scored at p+j-1
-        mask[i, p - 1:p - 1 + r] = 1.0
+        mask[i, p - 1:p - 1 + r] = 1.0 if it.loss_mask is None else torch.tensor(it.loss_mask[:r], dtype=mask.dtype)
         rollout_lp[i, p - 1:p - 1 + r] = torch.tensor(it.rollout_logprobs[:r])
         if old_logprobs is not None:
-            old[i, p - 1:p - 1 + r] = torch.tensor(old_logprobs[i][:r])
+            o = torch.tensor(old_logprobs[i], dtype=old.dtype)
+            if len(o) == r:  # one per response position (the rollout's own log-probs)
+                old[i, p - 1:p - 1 + r] = o
+            else:  # one per trained token (`logprobs` returns the masked positions only)
+                old[i, (mask[i] > 0).nonzero().squeeze(1)] = o
         adv[i] = it.advantage
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
            "old_logprobs": old, "advantages": adv}
@@ -463,7 +475,7 @@ def prompt_token_totals(items: list[TrainItem]) -> dict[int, float]:
     """Response tokens per prompt (`prompt_index`) over `items`: T_g of prompt-level averaging."""
     out: dict[int, float] = {}
     for it in items:
-        out[it.prompt_index] = out.get(it.prompt_index, 0.0) + len(it.response_ids)
+        out[it.prompt_index] = out.get(it.prompt_index, 0.0) + it.trained_tokens
     return out
 
 
@@ -517,7 +529,7 @@ class LearnerGroup:
 
     def train_minibatch(self, items: list[TrainItem], old: list[list[float]], loss_name: str,
                         loss_kwargs: dict) -> dict[str, float]:
-        tokens = float(sum(len(it.response_ids) for it in items))
+        tokens = float(sum(it.trained_tokens for it in items))
         shards, olds = self._shards(items), self._shards(old)
         per_item, n_prompts = [None] * len(shards), None
         if loss_kwargs.get("normalization") == "prompt":  # each item's T_g, and the prompt count

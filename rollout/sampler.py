@@ -34,8 +34,9 @@ def sample_keys(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tenso
 
 
 def gumbel_noise(keys: torch.Tensor, step: int, vocab_hash: torch.Tensor) -> torch.Tensor:
-    """[B, V] Gumbel(0, 1) noise for decode step `step`; `vocab_hash` = mix32(arange(V))."""
-    k = mix32(keys ^ mix32(torch.tensor(step + 0x5BD1E995, device=keys.device) & M32))
+    """[B, V] Gumbel(0, 1) noise for decode step `step` (an int or [B]); `vocab_hash` = mix32(arange(V))."""
+    # `step`: an int, or one per row ([B] tensor: multi-turn rows sit at different steps)
+    k = mix32(keys ^ mix32((torch.as_tensor(step, device=keys.device) + 0x5BD1E995) & M32))
     u = mix32(k[:, None] ^ vocab_hash[None, :]).double()
     u = (u + 0.5) / 2.0**32  # in (0, 1), never 0 or 1
     return -torch.log(-torch.log(u))

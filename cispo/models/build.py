@@ -41,12 +41,12 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
         return cfg.name
     from transformers import MiniMaxForCausalLM
 
-    from cispo.models.tokenizer import build_char_tokenizer
+    from cispo.models.tokenizer import TOOL_ALPHABET, build_char_tokenizer
 
     out = Path(out_dir)
     if (out / "config.json").exists():
         return str(out)  # resuming: keep the same initial weights
-    tok = build_char_tokenizer()
+    tok = build_char_tokenizer(TOOL_ALPHABET if getattr(cfg.tiny, "tool_tokens", False) else None)
     config = tiny_minimax_config(cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id,
                                  tok.eos_token_id)
     with torch.random.fork_rng():
