@@ -55,8 +55,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "arithmetic": the built-in synthetic task; "calc": products for the calc environment
-    # (env.name=calc). Else a .jsonl/.json/.parquet path or a hub name.
+    # "arithmetic": the built-in synthetic task; "calc": remainders (73%8) for the calc
+    # environment (env.name=calc; arithmetic_rows of them). Else a .jsonl/.json/.parquet path or a hub name.
     source: str = "arithmetic"
     split: str = "train"
     prompt_key: str = "prompt"
@@ -77,7 +77,7 @@ class DataConfig:
     pass_score: float = 1.0  # the score a sample needs to count as passed (math reward: right)
     # built-in arithmetic task
     arithmetic_rows: int = 2000
-    arithmetic_max_operand: int = 2  # operands drawn from 0..max_operand (calc too)
+    arithmetic_max_operand: int = 2  # operands drawn from 0..max_operand
 
 
 @dataclass

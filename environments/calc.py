@@ -3,6 +3,7 @@
 Task rows (`data.source=calc`, or `python -m environments.calc`): `prompt` "37*48=\\boxed{",
 `expression` "37*48", `reference` "1776", `data_source` "calc" (scored by the math reward; the
 prompt ends inside the box, as the arithmetic task's does, so "1776}" is a complete answer).
+The built-in set is remainders ("73%8"), see `rows`.
 The model may call
 
     <tool_call>{"name": "calc", "arguments": {"expression": "37*48"}}</tool_call>
@@ -89,35 +90,41 @@ class Calc(ToolEnvironment):
         return str(evaluate(expression))
 
 
-def rows(n: int, max_a: int = 99, max_b: int = 99, seed: int = 0, op: str = "*") -> list[dict]:
-    """Products (or sums) of random operands: `prompt` "a*b=\\boxed{", `reference` the exact value."""
+def rows(n: int, a: tuple[int, int] = (10, 99), b: tuple[int, int] = (2, 9), op: str = "%",
+         seed: int = 0) -> list[dict]:
+    """Random `a op b` tasks: `prompt` "a op b=\\boxed{", `expression`, `reference` the exact value.
+    The default, remainders of two-digit numbers by one-digit ones ("73%8", answers 0..8), is the
+    built-in `data.source=calc`: too many pairs (720) for a tiny model to learn by heart, a
+    one-token answer to copy from the tool's response."""
+    if op not in ("%", "*", "+", "-", "//"):
+        raise ValueError(f"op must be one of % * + - //, got {op!r}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        a, b = rng.randint(0, max_a), rng.randint(0, max_b)
-        value = a * b if op == "*" else a + b
-        out.append({"prompt": f"{a}{op}{b}={BOXED}", "expression": f"{a}{op}{b}",
-                    "reference": str(value), "data_source": "calc", "id": f"calc-{i}"})
+        x, y = rng.randint(*a), rng.randint(*b)
+        expr = f"{x}{op}{y}"
+        out.append({"prompt": f"{expr}={BOXED}", "expression": expr, "reference": str(evaluate(expr)),
+                    "data_source": "calc", "id": f"calc-{i}"})
     return out
 
 
-def dataset(n: int, max_operand: int = 9, seed: int = 0):
+def dataset(n: int, seed: int = 0):
     import datasets
 
-    return datasets.Dataset.from_list(rows(n, max_operand, max_operand, seed))
+    return datasets.Dataset.from_list(rows(n, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1000)
-    ap.add_argument("--max-a", type=int, default=99)
-    ap.add_argument("--max-b", type=int, default=99)
-    ap.add_argument("--op", choices=("*", "+"), default="*")
+    ap.add_argument("--a", type=int, nargs=2, default=(10, 99), metavar=("MIN", "MAX"))
+    ap.add_argument("--b", type=int, nargs=2, default=(2, 9), metavar=("MIN", "MAX"))
+    ap.add_argument("--op", choices=("%", "*", "+", "-", "//"), default="%")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     with open(a.out, "w") as f:
-        for r in rows(a.rows, a.max_a, a.max_b, a.seed, a.op):
+        for r in rows(a.rows, tuple(a.a), tuple(a.b), a.op, a.seed):
             f.write(json.dumps(r) + "\n")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from cispo import user_modules
 from environments.tool_calls import ToolCall, ToolCallError, format_response, parse_tool_calls
 
-BUILTIN_MODULES = ("environments.calc",)
+BUILTIN_MODULES = ("environments.calc", "environments.swe")
 USER_MODULE_PREFIX = "cispo_user_environments"
 ENVIRONMENTS: dict[str, type] = {}
 _builtins_loaded = False

@@ -39,14 +39,17 @@ class ToolCallError(ValueError):
 def parse_tool_calls(text: str, default_tool: str | None = None,
                      default_argument: str | None = None) -> list[ToolCall | ToolCallError]:
     """Every call in `text`, in order: a `ToolCall`, or a `ToolCallError` in its place (the
-    parser never raises). An opening tag without its closing tag is an error too."""
+    parser never raises). A tag without its partner is an error too."""
     out: list[ToolCall | ToolCallError] = []
     end = 0
     for m in _CALL.finditer(text):
         out.append(_parse_body(m.group(1).strip(), default_tool, default_argument))
         end = m.end()
+    rest = _CALL.sub("", text)
     if OPEN in text[end:]:
         out.append(ToolCallError(f"unclosed {OPEN}: end the call with {CLOSE}"))
+    elif CLOSE in rest:
+        out.append(ToolCallError(f"{CLOSE} without {OPEN}"))
     return out
 
 

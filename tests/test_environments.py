@@ -29,7 +29,7 @@ def test_parser_json_short_and_malformed_calls():
            '<tool_call>{"arguments": {}}</tool_call>': '"name"',
            '<tool_call>{"name": "calc", "arguments": [1]}</tool_call>': "JSON object",
            "<tool_call>7*8</tool_call>": "not JSON",  # no default tool
-           "<tool_call>7*8": "unclosed"}
+           "<tool_call>7*8": "unclosed", "56}</tool_call>": "without <tool_call>"}
     for text, why in bad.items():
         [err] = parse_tool_calls(text)
         assert isinstance(err, ToolCallError) and why in str(err), (text, err)
