@@ -3,7 +3,7 @@
 Task rows (`data.source=calc`, or `python -m environments.calc`): `prompt` "37*48=\\boxed{",
 `expression` "37*48", `reference` "1776", `data_source` "calc" (scored by the math reward; the
 prompt ends inside the box, as the arithmetic task's does, so "1776}" is a complete answer).
-The built-in set is remainders ("73%8"), see `rows`.
+The built-in set is remainders with answers spread evenly over 0..9 ("157%13"), see `remainders`.
 The model may call
 
     <tool_call>{"name": "calc", "arguments": {"expression": "37*48"}}</tool_call>
@@ -93,9 +93,9 @@ class Calc(ToolEnvironment):
 def rows(n: int, a: tuple[int, int] = (10, 99), b: tuple[int, int] = (2, 9), op: str = "%",
          seed: int = 0) -> list[dict]:
     """Random `a op b` tasks: `prompt` "a op b=\\boxed{", `expression`, `reference` the exact value.
-    The default, remainders of two-digit numbers by one-digit ones ("73%8", answers 0..8), is the
-    built-in `data.source=calc`: too many pairs (720) for a tiny model to learn by heart, a
-    one-token answer to copy from the tool's response."""
+    The default, remainders of two-digit numbers by one-digit ones ("73%8", answers 0..8, "0"
+    a quarter of the time), is what `python -m environments.calc` writes; the built-in
+    `data.source=calc` is `remainders`."""
     if op not in ("%", "*", "+", "-", "//"):
         raise ValueError(f"op must be one of % * + - //, got {op!r}")
     rng = random.Random(seed)
@@ -108,10 +108,29 @@ def rows(n: int, a: tuple[int, int] = (10, 99), b: tuple[int, int] = (2, 9), op:
     return out
 
 
+def remainders(n: int, seed: int = 0, a_max: int = 199, b: tuple[int, int] = (11, 19)) -> list[dict]:
+    """The built-in `data.source=calc` set: "157%13" (x <= a_max, b in 11..19), the answer drawn
+    first, uniformly over 0..9, then b, then x = q*b + answer. Uniform answers: a constant guess
+    pays 0.1 (remainders by random one-digit numbers are 0 a quarter of the time, and a tiny
+    policy collapsed onto "0" before it learned to read the tool); b >= 11 keeps the answer
+    independent of b and out of x's last digit (x%10 would be copying from the prompt). ~1,300
+    distinct pairs: too many to learn by heart in a short run, and the model cannot divide; the
+    answer is one token, to copy from the tool's response."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        r, d = rng.randrange(10), rng.randint(*b)
+        x = d * rng.randint(1, (a_max - r) // d) + r
+        expr = f"{x}%{d}"
+        out.append({"prompt": f"{expr}={BOXED}", "expression": expr, "reference": str(r),
+                    "data_source": "calc", "id": f"calc-{i}"})
+    return out
+
+
 def dataset(n: int, seed: int = 0):
     import datasets
 
-    return datasets.Dataset.from_list(rows(n, seed=seed))
+    return datasets.Dataset.from_list(remainders(n, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> None:
