@@ -32,6 +32,9 @@ class TinyModelConfig:
     max_positions: int = 256
     rope_theta: float = 10_000_000.0  # M1: 1e7
     init_seed: int = 0
+    # add the tool-call tags (<tool_call>, </tool_call>, <tool_response>, </tool_response>) to the
+    # tokenizer as single tokens: the multi-turn demo (+exp=tiny_tools, docs/environments.md)
+    tool_tokens: bool = False
 
 
 @dataclass
@@ -52,7 +55,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "arithmetic": the built-in synthetic task. Else a .jsonl/.json/.parquet path or a hub name.
+    # "arithmetic": the built-in synthetic task; "calc": remainders (73%8) for the calc
+    # environment (env.name=calc; arithmetic_rows of them). Else a .jsonl/.json/.parquet path or a hub name.
     source: str = "arithmetic"
     split: str = "train"
     prompt_key: str = "prompt"
@@ -401,6 +405,23 @@ class DataMixConfig:
 
 
 @dataclass
+class EnvConfig:
+    """Multi-turn episodes (docs/environments.md): the policy calls tools, the environment
+    answers, generation goes on. Empty `name` = single-turn generation."""
+
+    name: str = ""  # a registered environment (environments.registry): calc, swe, or your own
+    modules: list[str] = field(default_factory=list)  # .py files with @environment classes
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its constructor
+    max_turns: int = 4  # model turns per episode
+    # tokens after the prompt, model and environment together (the trained sequence's response)
+    max_total_tokens: int = 256
+    episode_timeout_s: float = 120.0  # wall clock of one episode; past it the episode ends
+    step_timeout_s: float = 30.0  # one reset/step call; past it the episode ends with env_error
+    max_observation_tokens: int = 256  # one observation; more ends the episode with env_error
+    error_reward: float = 0.0  # score of an episode its environment ended (raised, hung, flooded)
+
+
+@dataclass
 class Config:
     exp_name: str = "default"
     run_dir: str = "runs/${exp_name}-${now:%Y%m%d-%H%M%S}"
@@ -426,6 +447,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data_mix: DataMixConfig = field(default_factory=DataMixConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)  # issue 17
 
 
 def register() -> None:

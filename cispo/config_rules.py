@@ -154,6 +154,8 @@ RULES: dict[str, Range | Choice | Each] = {
     "schedule.grad_clip": Each(at_least(0)), "schedule.p99_fraction": PROBABILITY,
     "schedule.ppl_rel_tol": at_least(0), "schedule.ppl_window": COUNT,
     "schedule.min_steps_per_stage": at_least(0),
+    "env.max_turns": COUNT, "env.max_total_tokens": COUNT, "env.episode_timeout_s": SECONDS,
+    "env.step_timeout_s": SECONDS, "env.max_observation_tokens": COUNT, "env.error_reward": Range(),
 }
 # checked where they are read (a layout function, a size parser) with their own messages;
 # rollout.engine against the engines rollout/engines/*.py register (cispo.config_check)

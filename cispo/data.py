@@ -1,6 +1,6 @@
 """Prompts: load an HF `datasets` dataset, validate rows, and hand out batches in a resumable order.
 
-Sources (`data.source`): "arithmetic" (built in), a local .jsonl/.json/.parquet file, or a hub
+Sources (`data.source`): "arithmetic" (built in), "calc" (the calc environment's remainders), a local .jsonl/.json/.parquet file, or a hub
 dataset name. A row needs a non-empty string prompt and a reference (column names from config);
 rows that fail are skipped, counted per reason, and logged with where they are (`file:line` of a
 JSON Lines file, 1-based; `row N` elsewhere) — never fatal, never silent. A line that is not
@@ -84,6 +84,10 @@ def load_rows(cfg: Any):
     import datasets
 
     src = cfg.source
+    if src == "calc":  # the calc environment's tasks (environments.calc): arithmetic_rows of them
+        from environments import calc
+
+        return calc.dataset(cfg.arithmetic_rows, cfg.seed)
     if src == "arithmetic":
         from cispo import arithmetic
 

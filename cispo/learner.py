@@ -44,6 +44,14 @@ class TrainItem:
     advantage: float
     routing: Any = None  # routing replay: the rollout's experts per position (cispo.models.routing_replay)
     prompt_index: int = 0  # which prompt of the step it answers (prompt-level loss averaging)
+    # multi-turn episodes: 1 where response_ids[t] is the model's own token (trained), 0 where
+    # the environment wrote it (context only); None: every response token is the model's
+    loss_mask: list[int] | None = None
+
+    @property
+    def trained_tokens(self) -> int:
+        """Response tokens the loss sees: the model's own."""
+        return len(self.response_ids) if self.loss_mask is None else int(sum(self.loss_mask))
 
 
 def _free_port() -> int:
@@ -79,9 +87,21 @@ def collate(items: list[TrainItem], pad_id: int, old_logprobs: list[list[float]]
     rollout_lp[rrows, rcols] = torch.tensor([x for it, r in zip(items, rlen.tolist(), strict=True)
                                              for x in it.rollout_logprobs[:r]], dtype=torch.float32)
     old = torch.zeros((B, width - 1))
+    if any(it.loss_mask is not None for it in items):  # multi-turn: environment tokens are context
+        mask[rrows, rcols] = torch.tensor([float(x) for it, r in zip(items, rlen.tolist(), strict=True)
+                                           for x in (it.loss_mask[:r] if it.loss_mask is not None else [1] * r)],
+                                          dtype=mask.dtype)
     if old_logprobs is not None:
-        old[rrows, rcols] = torch.tensor([x for o, r in zip(old_logprobs, rlen.tolist(), strict=True)
-                                          for x in o[:r]], dtype=torch.float32)
+        # one value per response position (the rollout's own log-probs), or one per trained token
+        # (`logprobs` returns the masked positions only): spread those over the mask's positions
+        vals: list[float] = []
+        for it, o, r in zip(items, old_logprobs, rlen.tolist(), strict=True):
+            if len(o) >= r or it.loss_mask is None:
+                vals.extend(o[:r])
+            else:
+                it_o = iter(o)
+                vals.extend(next(it_o) if m else 0.0 for m in it.loss_mask[:r])
+        old[rrows, rcols] = torch.tensor(vals, dtype=torch.float32)
     adv = torch.tensor([float(it.advantage) for it in items], dtype=torch.float32)
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": rollout_lp,
            "old_logprobs": old, "advantages": adv}
@@ -662,7 +682,7 @@ def prompt_token_totals(items: list[TrainItem]) -> dict[int, float]:
     """Response tokens per prompt (`prompt_index`) over `items`: T_g of prompt-level averaging."""
     out: dict[int, float] = {}
     for it in items:
-        out[it.prompt_index] = out.get(it.prompt_index, 0.0) + len(it.response_ids)
+        out[it.prompt_index] = out.get(it.prompt_index, 0.0) + it.trained_tokens
     return out
 
 
@@ -720,7 +740,7 @@ class LearnerGroup:
                         loss_kwargs: dict, agreement: bool = False) -> dict[str, float]:
         """One optimizer step. `old=None`: π_old from the update's own forward (see
         LearnerWorker.train_minibatch); `agreement`: the train/rollout agreement metrics too."""
-        tokens = float(sum(len(it.response_ids) for it in items))
+        tokens = float(sum(it.trained_tokens for it in items))
         shards = self._shards(items)
         olds = self._shards(old) if old is not None else [None] * self.W
         per_item, n_prompts = [None] * len(shards), None

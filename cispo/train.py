@@ -48,7 +48,8 @@ from cispo.schedule import WindowSchedule, stats_from_samples
 from cispo.staleness import RolloutsAhead, from_checkpoint, max_staleness, to_checkpoint
 from rewards.manager import RewardManager, RewardStopped
 from rewards.scorers import ScorerUnavailable
-from rollout.manager import RolloutManager
+from rollout.episodes import episode_metrics, reward_item
+from rollout.manager import RolloutManager, env_spec
 from sandboxes.engine import DockerUnavailable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -93,7 +94,7 @@ def main(cfg: DictConfig) -> None:
                 apply_stage(cfg, p.schedule, p.learner)
             metrics = {**l_metrics, **ro.reward_metrics, **ro.sampling_metrics,      # 7. log
                        **stage_metrics, **ro.data_metrics, **sync_metrics,
-                       **sample_metrics(samples, rewards, valid, G),
+                       **sample_metrics(samples, rewards, valid, G), **episode_metrics(samples),
                        "data/skipped_rows": float(p.skipped_rows), "time/rollout_s": ro.seconds,
                        "time/rollout_wait_s": t_wait,
                        "rollout/staleness": float(staleness),
@@ -234,6 +235,10 @@ def build(cfg: DictConfig) -> Parts:
     if state.get("schedule"):
         sched.load_state_dict(state["schedule"])
     apply_stage(cfg, sched)  # window, eps_high, grad clip of the (restored) stage
+    try:
+        env = env_spec(cfg.env)  # multi-turn episodes, or None
+    except (KeyError, ImportError, FileNotFoundError) as e:
+        sys.exit(f"env: {e}")
     clock.mark("data")
     R, L, P = cfg.rollout, cfg.learner, cfg.parallel
     on_gpu = L.num_gpus_per_worker > 0 or R.num_gpus_per_worker > 0
@@ -248,7 +253,7 @@ def build(cfg: DictConfig) -> Parts:
                            scheduling=where.learner, wait=False)
     rollout = RolloutManager(R, model_path, cfg.model.dtype, cfg.model.trust_remote_code,
                              {"fp32_head": cfg.model.fp32_lm_head, "rotary_dim": cfg.model.rotary_dim},
-                             P, scheduling=where.engines, wait=False)
+                             P, env=env, scheduling=where.engines, wait=False)
     learner.ready()
     clock.mark("learner_init")
     rollout.ready()
@@ -335,7 +340,7 @@ def advantages(samples, scores: list, A: DictConfig, G: int):
     valid = torch.tensor([x is not None for x in scores], dtype=torch.bool)
     rewards = torch.tensor([0.0 if x is None else float(x) for x in scores], dtype=torch.float32)
     adv = compute_advantages(A.advantage, rewards, G, valid, eps=A.advantage_eps)
-    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing, s.prompt_index)
+    items = [TrainItem(s.prompt_ids, s.response_ids, s.logprobs, a, s.routing, s.prompt_index, s.response_mask)
              for s, a, ok in zip(samples, adv.tolist(), valid.tolist(), strict=True) if ok]
     return items, rewards, valid
 
@@ -436,25 +441,34 @@ def reward_items(samples, batch: list[data.Prompt], tokenizer) -> list[dict]:
     out = []
     for s in samples:
         q = batch[s.prompt_index]
-        out.append({"completion": tokenizer.decode(s.response_ids, skip_special_tokens=True),
-                    "response_length": len(s.response_ids),  # tokens: the overlong penalty
-                    "reference": q.reference, "prompt": q.text, "data_source": q.data_source,
-                    "metadata": q.row})
+        out.append(reward_item(s, {  # an episode: its last turn or what its environment says
+            "completion": tokenizer.decode(s.response_ids, skip_special_tokens=True),
+            "response_length": len(s.response_ids),  # tokens: the overlong penalty
+            "reference": q.reference, "prompt": q.text, "data_source": q.data_source,
+            "metadata": q.row}))
     return out
 
 
 def generate(p: Parts, step: int, batch: list, round_index: int) -> list:
-    """G responses per prompt from the generation workers, seeded by step and sampling round."""
-    return p.rollout.generate([q.token_ids for q in batch], seed=sampling.round_seed(step, round_index))
+    """G responses (or episodes, with env.name) per prompt from the generation workers, seeded by
+    step and sampling round; an episode's environment is reset with its prompt's row."""
+    tasks = [{**q.row, "prompt": q.text, "reference": q.reference, "data_source": q.data_source}
+             for q in batch]
+    return p.rollout.generate([q.token_ids for q in batch], seed=sampling.round_seed(step, round_index),
+                              tasks=tasks)
 
 
 def score(p: Parts, cfg: DictConfig, rounds: list, batch: list, samples: list) -> list:
     """Rewards of a round's samples (None: skipped), repetition-stopped ones by policy; the
     round's reward metrics are appended to `rounds`."""
+    failed = [s.finish_reason == "env_error" for s in samples]  # scored env.error_reward, not called
     try:
-        scores, metrics = p.rewarder.score(reward_items(samples, batch, p.tokenizer))
+        scored, metrics = p.rewarder.score(reward_items([s for s, f in zip(samples, failed, strict=True) if not f],
+                                                        batch, p.tokenizer))
     except RewardStopped as e:  # a reward that only times out: one message, not hours of limits
         raise SystemExit(f"reward: {e}") from None
+    it = iter(scored)
+    scores = [cfg.env.error_reward if f else next(it) for f in failed]
     rounds.append(metrics)
     scores = repetition_policy(samples, scores, cfg.rollout.repetition_reward)
     if cfg.data.retire_pass_rate is not None:  # no-positive-resampling (dropped groups count too)

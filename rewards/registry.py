@@ -25,7 +25,7 @@ from typing import Any
 
 # The built-ins, imported on first lookup so that importing `rewards` stays cheap.
 BUILTIN_MODULES = ("rewards.math_reward", "rewards.format_reward", "rewards.code_reward",
-                   "rewards.swe_reward", "rewards.genrm")
+                   "rewards.swe_reward", "rewards.genrm", "rewards.tool_use")
 ISOLATIONS = ("process", "thread")
 USER_MODULE_PREFIX = "cispo_user_rewards"
 

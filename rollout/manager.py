@@ -24,14 +24,16 @@ RESTART_TIMEOUT_S = 120.0  # how long to wait for Ray to bring a crashed worker 
 
 class RolloutManager:
     def __init__(self, cfg: Any, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                 model_options: dict | None = None, parallel: Any = None,
+                 model_options: dict | None = None, parallel: Any = None, env: dict | None = None,
                  scheduling: list[dict] | None = None, wait: bool = True):
         """`cfg`: the `rollout` config group; `parallel`: the `parallel` group (each engine's
-        tensor x pipeline parallel size, its concurrency; None: all defaults). `scheduling`: Ray
-        options per engine from a placement made elsewhere (colocated with the learner,
-        `cispo.placement`); None = one placement group per engine here. `wait=False` returns
-        while the engines still load (call `ready()`), so other start-up work overlaps."""
+        tensor x pipeline parallel size, its concurrency; None: all defaults); `env`: multi-turn
+        episodes (`env_spec`), None: single-turn generation. `scheduling`: Ray options per engine
+        from a placement made elsewhere (colocated with the learner, `cispo.placement`); None =
+        one placement group per engine here. `wait=False` returns while the engines still load
+        (call `ready()`), so other start-up work overlaps."""
         self.cfg = cfg
+        self.env = env
         self.restarts = 0  # workers re-synced after a crash, over the run
         self._weights: ray.ObjectRef | list | None = None
         self._version = 0
@@ -110,21 +112,28 @@ class RolloutManager:
     def wake(self) -> float:
         return max(ray.get([w.wake.remote() for w in self.workers]))
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> list[Sample]:
-        """G samples per prompt; result grouped by prompt, in prompt order."""
+    def generate(self, prompt_ids: list[list[int]], seed: int, tasks: list[dict] | None = None) -> list[Sample]:
+        """G samples per prompt; result grouped by prompt, in prompt order. With an environment
+        (`env`), G multi-turn episodes per prompt; `tasks` are the prompts' data rows."""
         per = -(-len(prompt_ids) // len(self.workers))  # contiguous chunks: a group stays on one worker
         jobs = {}
         for k, w in enumerate(self.workers):
             chunk = prompt_ids[k * per:(k + 1) * per]
             if chunk:
                 params = self._params(seed)  # per-sample streams: (seed, prompt, sample)
-                ref = w.generate.remote(chunk, self.cfg.group_size, params, k * per, self._version)
-                jobs[k] = (chunk, k * per, params, ref)
+                task = None if self.env is None else (tasks or [{}] * len(prompt_ids))[k * per:(k + 1) * per]
+                jobs[k] = (chunk, k * per, params, self._call(w, chunk, task, params, k * per), task)
         out = {k: self._collect(k, *job) for k, job in jobs.items()}
         return [s for k in sorted(out) for s in out[k]]
 
+    def _call(self, w, chunk: list[list[int]], tasks: list[dict] | None, params: SamplingParams, first: int):
+        if tasks is None:
+            return w.generate.remote(chunk, self.cfg.group_size, params, first, self._version)
+        return w.generate_episodes.remote(chunk, tasks, self.cfg.group_size, params, first,
+                                          self._version, self.env)
+
     def _collect(self, k: int, chunk: list[list[int]], first: int, params: SamplingParams,
-                 ref) -> list[Sample]:
+                 ref, tasks: list[dict] | None = None) -> list[Sample]:
         """Worker k's samples; if it crashed (or came back restarted, with stale weights), wait
         for Ray's restart, re-sync it and resend the same chunk with the same seed."""
         counted = False
@@ -137,7 +146,7 @@ class RolloutManager:
                         self.resync_worker(k)
                     else:
                         ray.get(w.load_weights.remote(self._weights, self._version))
-                    ref = w.generate.remote(chunk, self.cfg.group_size, params, first, self._version)
+                    ref = self._call(w, chunk, tasks, params, first)
                 return ray.get(ref)
             except (RayActorError, ActorUnavailableError, RayTaskError) as e:
                 if isinstance(e, RayTaskError) and "StaleWeights" not in str(e):
@@ -165,6 +174,23 @@ class RolloutManager:
             ray.kill(w)
         for pg in self.placement_groups:
             ray.util.remove_placement_group(pg)
+
+
+def env_spec(env: Any) -> dict | None:
+    """What every worker needs to run episodes, as plain values, from the `env` config group
+    (None when env.name is empty: single-turn). Users' files travel as source text."""
+    if env is None or not env.name:
+        return None
+    from environments.registry import get_environment, load_modules, read_modules
+
+    modules = read_modules(list(env.modules))
+    load_modules(modules)
+    get_environment(env.name)  # an unknown name fails here, before any worker starts
+    limits = {k: env[k] for k in ("max_turns", "max_total_tokens", "episode_timeout_s",
+                                  "step_timeout_s", "max_observation_tokens")}
+    return {"name": env.name, "options": OmegaConf.to_container(env.options, resolve=True)
+            if OmegaConf.is_config(env.options) else dict(env.options),
+            "modules": [list(m) for m in modules], "limits": limits}
 
 
 def engine_options_from(cfg: Any, parallel: Any) -> dict:

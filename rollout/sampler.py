@@ -38,7 +38,7 @@ STEP_SALT = 0x5BD1E995
 
 def gumbel_noise(keys: torch.Tensor, step: int | torch.Tensor, vocab_hash: torch.Tensor) -> torch.Tensor:
     """[B, V] Gumbel(0, 1) noise for decode step `step` (an int, or each row's step as a [B]
-    tensor); `vocab_hash` = mix32(arange(V))."""
+    tensor: multi-turn rows sit at different steps); `vocab_hash` = mix32(arange(V))."""
     k = mix32(keys ^ mix32((torch.as_tensor(step, device=keys.device) + STEP_SALT) & M32))
     u = mix32(k[:, None] ^ vocab_hash[None, :]).double()
     u = (u + 0.5) / 2.0**32  # in (0, 1), never 0 or 1

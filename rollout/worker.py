@@ -124,6 +124,28 @@ class GenerationWorker:
             raise StaleWeights(f"worker holds weights v{self.version}, step needs v{version}")
         return self.engine.generate(prompts, group_size, params, first_index)
 
+    def generate_episodes(self, prompts: list[list[int]], tasks: list[dict], group_size: int,
+                          params: SamplingParams, first_index: int, version: int,
+                          env: dict) -> list[Sample]:
+        """G multi-turn episodes per prompt (rollout.episodes) in environment `env["name"]`,
+        each with a fresh environment built from `env["options"]`; `tasks` are the data rows."""
+        if version != self.version:
+            raise StaleWeights(f"worker holds weights v{self.version}, step needs v{version}")
+        from functools import partial
+
+        from environments.registry import get_environment, load_modules
+        from rollout.episodes import EpisodeLimits, run_episodes
+
+        decode = getattr(self.engine, "decode_turns", None)
+        if decode is None:
+            raise ValueError(f"rollout.engine={type(self.engine).__name__} cannot continue token "
+                             "contexts (decode_turns): env.name needs rollout.engine=hf")
+        load_modules(env.get("modules", []))
+        cls, options = get_environment(env["name"]), dict(env.get("options") or {})
+        return run_episodes(prompts, tasks, group_size, first_index, lambda: cls(**options),
+                            self.engine.tokenizer, partial(decode, params=params),
+                            EpisodeLimits(**env["limits"]), params.max_new_tokens)
+
 
 class StaleWeights(RuntimeError):
     pass

@@ -16,7 +16,7 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("name", ["loss.md", "data.md", "metrics.md"])
+@pytest.mark.parametrize("name", ["loss.md", "data.md", "metrics.md", "environments.md"])
 def test_doc_examples_run(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     blocks = python_blocks(DOCS / name)
@@ -46,7 +46,8 @@ def test_docs_and_configs_point_only_inside_the_repository():
     """Users do not have the developers' ../shared folder: nothing may send them there."""
     files = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "conf").rglob("*.yaml"),
              *(ROOT / "launch").rglob("*"), *(ROOT / "cispo").rglob("*.py"), *(ROOT / "rollout").rglob("*.py"),
-             *(ROOT / "rewards").rglob("*.py"), *(ROOT / "sandboxes").rglob("*.py")]
+             *(ROOT / "rewards").rglob("*.py"), *(ROOT / "sandboxes").rglob("*.py"),
+             *(ROOT / "environments").rglob("*.py")]
     bad = [str(f.relative_to(ROOT)) for f in files
            if f.is_file() and re.search(r"shared[/]DESIGN|\bDESIGN\.md", f.read_text(errors="ignore"))]
     assert not bad, f"these point at the developers' DESIGN.md, not docs/design.md: {bad}"

@@ -41,12 +41,12 @@ def prepare(cfg: Any, out_dir: str | Path) -> str:
     """The model directory (or hub id) every process loads with `load_model`/`load_tokenizer`."""
     if cfg.name != "tiny":
         return cfg.name
-    from cispo.models.tokenizer import build_char_tokenizer
+    from cispo.models.tokenizer import TOOL_ALPHABET, build_char_tokenizer
 
     out = Path(out_dir)
     if (out / "config.json").exists():
         return str(out)  # resuming: keep the same initial weights
-    tok = build_char_tokenizer()
+    tok = build_char_tokenizer(TOOL_ALPHABET if getattr(cfg.tiny, "tool_tokens", False) else None)
     config = tiny_minimax_config(cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id,
                                  tok.eos_token_id)
     # the same shape, seed, dtype and library versions give the same weights: build once per
@@ -117,7 +117,7 @@ def _tiny_cache_dir(config, cfg: Any, on_gpu: bool = False) -> Path | None:
     if root == "off":
         return None
     key = json.dumps([config.to_dict(), cfg.tiny.init_seed, cfg.dtype, torch.__version__,
-                      transformers.__version__] + (["cuda"] if on_gpu else []), sort_keys=True, default=str)
+                      transformers.__version__, bool(getattr(cfg.tiny, "tool_tokens", False))] + (["cuda"] if on_gpu else []), sort_keys=True, default=str)
     return Path(root) / "tiny-models" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

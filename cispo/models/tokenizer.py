@@ -12,6 +12,10 @@ from transformers import PreTrainedTokenizerFast
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 BOXED = "\\boxed{"
 ALPHABET = list("0123456789+-*=") + [" ", BOXED, "}"]
+# model.tiny.tool_tokens: the tool-call tags of environments.tool_calls as single tokens, as real
+# chat tokenizers have them (the short call form <tool_call>37%8</tool_call> needs no more)
+TOOL_TAGS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+TOOL_ALPHABET = ALPHABET + ["%"] + TOOL_TAGS  # %: the calc tasks are remainders
 
 
 def build_char_tokenizer(alphabet: list[str] | None = None) -> PreTrainedTokenizerFast:

@@ -154,6 +154,75 @@ class HFEngine:
             samples.append(s)
         return samples
 
+    @torch.no_grad()
+    def decode_turns(self, contexts: list[list[int]], streams: list[tuple[int, int]],
+                     offsets: list[int], max_new: list[int], stop_sequences: list[list[int]],
+                     params: SamplingParams) -> list[tuple[list[int], list[float], str, str]]:
+        """One turn of each multi-turn episode (rollout.episodes): row r continues the token
+        context `contexts[r]` (prompt and every turn so far, as ids: nothing is re-tokenised)
+        until EOS ("stop"), one of `stop_sequences` ("tool"), `max_new[r]` tokens ("length") or a
+        repetition stop. Row r's noise is the stream `streams[r]` = (prompt index, sample index)
+        at decode steps offsets[r], offsets[r] + 1, ... (its model tokens so far), so an episode
+        draws the same tokens however the turns of a batch interleave. Returns (tokens, log-probs,
+        reason, the turn's text without EOS) per row.
+
+        The context is prefilled again each turn (the transformers cache of a left-padded batch
+        cannot take rows of different lengths back in); what a slot-based engine keeps instead is
+        in docs/environments.md."""
+        dev, B = self.device, len(contexts)
+        width = max(len(c) for c in contexts)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c):] = torch.tensor(c)
+            attn[i, width - len(c):] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        keys = sample_keys(params.seed, torch.tensor([s[0] for s in streams]),
+                           torch.tensor([s[1] for s in streams])).to(dev)
+        offs = torch.tensor(offsets, dtype=torch.long, device=dev)
+        vocab_hash = mix32(torch.arange(logits.shape[-1], device=dev))
+        gen: list[list[int]] = [[] for _ in range(B)]
+        lps: list[list[float]] = [[] for _ in range(B)]
+        reason: list[str | None] = [None] * B
+        run = [0] * B
+        alive = list(range(B))
+        rows = torch.arange(B, device=dev)
+        pos = attn.sum(-1)
+        log_t = math.log(params.repetition_threshold)
+        for t in range(max(max_new)):
+            z = process_logits(logits, params.temperature, params.top_k, params.top_p)
+            tok, lp = sample(z, gumbel_noise(keys[rows], offs[rows] + t, vocab_hash))
+            keep = []
+            for j, (r, x, y) in enumerate(zip(alive, tok.tolist(), lp.tolist(), strict=True)):
+                gen[r].append(x)
+                lps[r].append(y)
+                run[r] = run[r] + 1 if y > log_t else 0
+                if x == self.eos_id:
+                    reason[r] = "stop"
+                elif any(len(s) and gen[r][-len(s):] == s for s in stop_sequences):
+                    reason[r] = "tool"
+                elif params.repetition_window > 0 and run[r] >= params.repetition_window:
+                    reason[r] = "repetition"
+                elif len(gen[r]) >= max_new[r]:
+                    reason[r] = "length"
+                else:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                k = torch.tensor(keep, device=dev)
+                cache_rows(cache, lambda x, k=k: x[k])
+                tok, attn, pos, rows = tok[k], attn[k], pos[k], rows[k]
+                alive = [alive[j] for j in keep]
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = self._forward(tok[:, None], attn, pos[:, None], cache)
+            logits, pos = out.logits[:, -1], pos + 1
+        return [(gen[r], lps[r], reason[r],
+                 self.tokenizer.decode(gen[r][:-1] if reason[r] == "stop" else gen[r]))
+                for r in range(B)]
+
     def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache):
         """One cached forward, last position's logits only. For hybrid models the softmax
         layers' mask is built here: transformers (5.x) sizes a cached step's causal mask from
