@@ -216,6 +216,11 @@ def _engine_problems(cfg) -> list[str]:
     if cfg.rollout.engine not in names:
         return [f"rollout.engine={cfg.rollout.engine!r}: use one of {', '.join(sorted(names))} (an engine "
                 "of your own is a module in rollout/engines/ that uses @register_engine)"]
+    if cfg.env.name and cfg.rollout.engine not in ("hf",):
+        # multi-turn episodes continue token contexts (`decode_turns`), which only hf implements:
+        # said before the model loads, not as a worker error in step 0
+        return [f"env.name={cfg.env.name!r} runs multi-turn episodes, which need rollout.engine=hf "
+                f"(rollout.engine={cfg.rollout.engine!r} has no decode_turns yet)"]
     return []
 
 

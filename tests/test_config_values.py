@@ -256,3 +256,12 @@ def test_gpu_keys_are_checked_up_front():
     assert "learner.offload_while_generating=true" in msg and "parallel.placement=colocated" in msg
     cfg.parallel.placement = "colocated"
     assert value_problems(cfg) == []
+
+
+def test_multi_turn_episodes_need_an_engine_that_continues_contexts():
+    cfg = _cfg()
+    cfg.env.name, cfg.rollout.engine = "calc", "graph"
+    [msg] = value_problems(cfg)
+    assert "env.name='calc'" in msg and "rollout.engine=hf" in msg
+    cfg.rollout.engine = "hf"
+    assert value_problems(cfg) == []
