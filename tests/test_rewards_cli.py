@@ -135,7 +135,10 @@ def test_results_stream_as_they_finish_and_ctrl_c_keeps_them(work):
     out = work / "long_out.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "rewards.score", "--module", "cli_rewards.py", "--jsonl",
                           "long.jsonl", "--out", str(out), "--timeout-s", "300", "--max-concurrency", "1"],
-                         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a user's terminal delivers Ctrl-C; a test run started in the background
+                         # (nohup, `&`) passes SIGINT down as ignored, so the child would never see it
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
         time.sleep(0.2)
