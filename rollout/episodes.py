@@ -1,7 +1,8 @@
 """Multi-turn episodes: decode a turn, let the environment answer, append, decode again.
 
 `run_episodes` drives G episodes per prompt with any engine that can continue token contexts
-(`decode(contexts, streams, offsets, max_new, stop_sequences)`, e.g. `HFEngine.decode_turns`):
+(`decode(contexts, streams, offsets, max_new, stop_sequences)`, e.g. `HFEngine.decode_turns`,
+which keeps each episode's cache between its turns and forwards only the new tokens):
 
   * each episode owns a fresh environment (`make_env()`), reset with its data row; the reset's
     observation is appended to the prompt (context the model reads, not trained);
@@ -66,6 +67,7 @@ class _Episode:
     closing: Future | None = None
     seconds: float = 0.0
     reward_inputs: dict = field(default_factory=dict)
+    forgotten: bool = False  # the engine was told this episode ended
 
 
 def in_thread(fn: Callable, *args) -> Future:
@@ -105,8 +107,11 @@ def observation_ids(tokenizer, text: str) -> list[int]:
 
 def run_episodes(prompts: list[list[int]], tasks: list[dict], group_size: int, first_index: int,
                  make_env: Callable[[], object], tokenizer, decode: Callable,
-                 limits: EpisodeLimits, max_new_tokens: int) -> list[Sample]:
-    """G episodes per prompt, grouped by prompt in prompt order (as `Engine.generate` returns)."""
+                 limits: EpisodeLimits, max_new_tokens: int,
+                 forget: Callable[[list[tuple[int, int]]], None] | None = None) -> list[Sample]:
+    """G episodes per prompt, grouped by prompt in prompt order (as `Engine.generate` returns).
+    `forget(streams)`, when given, is told which episodes ended, so an engine that keeps their
+    caches between turns (`HFEngine.forget_turns`) frees them as soon as they are done."""
     stop = [tokenizer.encode(CLOSE, add_special_tokens=False)]
     now = time.monotonic()
     eps = [_Episode(first_index + i, g, tasks[i], list(p), now, step_s=limits.step_timeout_s)
@@ -118,6 +123,12 @@ def run_episodes(prompts: list[list[int]], tasks: list[dict], group_size: int, f
         if ready:
             _decode_turn(ready, decode, stop, limits, max_new_tokens)
         _collect(eps, tokenizer, limits, block=not ready)
+        if forget is not None:
+            ended = [ep for ep in eps if ep.finish is not None and not ep.forgotten]
+            for ep in ended:
+                ep.forgotten = True
+            if ended:
+                forget([(ep.prompt_index, ep.sample_index) for ep in ended])
     closing = [ep.closing for ep in eps if ep.closing is not None]
     if closing:  # what the episodes opened is gone before their samples are
         wait(closing, timeout=limits.step_timeout_s)

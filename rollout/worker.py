@@ -144,7 +144,8 @@ class GenerationWorker:
         cls, options = get_environment(env["name"]), dict(env.get("options") or {})
         return run_episodes(prompts, tasks, group_size, first_index, lambda: cls(**options),
                             self.engine.tokenizer, partial(decode, params=params),
-                            EpisodeLimits(**env["limits"]), params.max_new_tokens)
+                            EpisodeLimits(**env["limits"]), params.max_new_tokens,
+                            forget=getattr(self.engine, "forget_turns", None))
 
 
 class StaleWeights(RuntimeError):

@@ -140,7 +140,50 @@ def _episodes(engine, tasks, env_cls, G=2, **limits):
     prompts = [tok.encode(t.get("prompt", "3*4=\\boxed{"), add_special_tokens=False) for t in tasks]
     params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=3)
     return run_episodes(prompts, tasks, G, 0, env_cls, tok, partial(engine.decode_turns, params=params),
-                        EpisodeLimits(**{"max_turns": 3, "max_total_tokens": 40, **limits}), 4)
+                        EpisodeLimits(**{"max_turns": 3, "max_total_tokens": 40, **limits}), 4,
+                        forget=engine.forget_turns)
+
+
+def test_turns_continue_from_the_kept_cache_as_a_whole_prefill_would(engine):
+    """Each turn after the first forwards only the last sampled token and the observation into
+    the episode's kept cache; tokens and log-probs equal prefilling the whole context each turn."""
+    tasks = [{"prompt": "3*4=\\boxed{"}, {"prompt": "123*45=\\boxed{"}]
+    obs = engine.tokenizer.encode("<tool_response>12</tool_response>", add_special_tokens=False)
+    engine.keep_turn_state = False
+    try:
+        whole = _episodes(engine, tasks, Narrator, G=3)
+    finally:
+        engine.keep_turn_state = True
+    before = dict(engine.turn_stats)
+    kept = _episodes(engine, tasks, Narrator, G=3)
+    stats = {k: engine.turn_stats[k] - before[k] for k in before}
+    assert [s.response_ids for s in kept] == [s.response_ids for s in whole]
+    for a, b in zip(kept, whole, strict=True):
+        # float32 both ways; the two differ only in summation order (a cache of one row against
+        # a left-padded batch), ~1e-7 relative per op over a few layers
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    # turn 1 prefills the 6 prompts; turns 2 and 3 continue all 6 from their kept caches, each
+    # forwarding the previous turn's last token and the observation
+    assert stats["prefilled_rows"] == 6 and stats["reused_rows"] == 12
+    assert stats["reused_tokens"] == 12 * (1 + len(obs))
+    assert stats["prefilled_tokens"] == 3 * sum(len(s.prompt_ids) for s in kept[::3])
+    assert engine._kept == {}  # every episode ended: its cache was dropped
+
+
+def test_a_context_that_does_not_extend_the_kept_one_is_prefilled_whole(engine):
+    from rollout.types import SamplingParams
+
+    params = SamplingParams(max_new_tokens=3, temperature=1.0, seed=5)
+    ctx = engine.tokenizer.encode("7*8=\\boxed{", add_special_tokens=False)
+    [(toks, _, _, _)] = engine.decode_turns([ctx], [(90, 0)], [0], [3], [], params=params)
+    assert (90, 0) in engine._kept and engine._kept[(90, 0)].tokens == ctx + toks[:-1]
+    before = dict(engine.turn_stats)
+    other = engine.tokenizer.encode("9*9=\\boxed{1", add_special_tokens=False)  # edited history
+    [(again, _, _, _)] = engine.decode_turns([other], [(90, 0)], [3], [3], [], params=params)
+    assert engine.turn_stats["reused_rows"] == before["reused_rows"]
+    assert engine.turn_stats["prefilled_tokens"] == before["prefilled_tokens"] + len(other)
+    engine.load_state_dict(dict(engine.model.state_dict()))  # new weights: nothing kept survives
+    assert engine._kept == {}
 
 
 def test_episode_logprobs_equal_teacher_forcing_and_mask_covers_model_tokens(engine, tool_model):
@@ -270,3 +313,34 @@ def test_environment_tokens_get_exactly_zero_gradient(loss):
     else:
         want = per[keep].sum() / keep.sum()
     assert torch.allclose(out.detach(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
+def test_kept_caches_of_plain_transformers_models(kind, tmp_path):
+    """A model with a plain DynamicCache (softmax layers only) keeps its episodes' caches too."""
+    from test_engine_graph import tiny_transformers_model
+
+    from rollout.engines.hf import HFEngine
+    from rollout.types import SamplingParams
+
+    engine = HFEngine(tiny_transformers_model(kind, tmp_path / kind))
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=2)
+    tok = engine.tokenizer
+    ctxs = [tok.encode("12*3=", add_special_tokens=False), tok.encode("7+", add_special_tokens=False)]
+    obs = tok.encode(" ok: ", add_special_tokens=False)
+
+    def two_turns(keep: bool):
+        engine.keep_turn_state = keep
+        first = engine.decode_turns(ctxs, [(0, 0), (1, 0)], [0, 0], [5, 3], [], params=params)
+        nxt = [c + t + obs for c, (t, *_) in zip(ctxs, first, strict=True)]
+        second = engine.decode_turns(nxt, [(0, 0), (1, 0)], [5, 3], [4, 6], [], params=params)
+        engine.forget_turns()
+        return first, second
+
+    _, whole = two_turns(False)
+    reused = engine.turn_stats["reused_rows"]
+    _, kept = two_turns(True)
+    assert engine.turn_stats["reused_rows"] == reused + 2
+    for (ta, la, ra, _), (tb, lb, rb, _) in zip(kept, whole, strict=True):
+        assert ta == tb and ra == rb
+        torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-5, rtol=0)

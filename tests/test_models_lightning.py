@@ -213,3 +213,29 @@ def test_fp32_state_decode_of_a_bf16_layer_is_closer_to_the_formula_than_transfo
     assert state.dtype == torch.float32 and ours.dtype == torch.bfloat16
     err_ours, err_theirs = rel(ours.double(), ref), rel(theirs.double(), ref)
     assert err_ours < 0.5 * err_theirs, (err_ours, err_theirs)
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tokens_after_a_kept_state_equal_the_whole_pass():
+    """A multi-turn episode's new tokens go through fla's chunked kernel from the kept state
+    (`initial_state`): a prefill, then the rest from its state, equals one pass over everything."""
+    layer = lightning_layer(layer_idx=2, layers=8, heads=8, head_dim=64, block=256, device="cuda",
+                            dtype=torch.float64)
+    x = torch.randn(2, 700, 512, device="cuda", dtype=torch.float64)
+    ref = layer(x, None, None)[0]
+    fast = lightning_layer(layer_idx=2, layers=8, heads=8, head_dim=64, block=256, device="cuda",
+                           dtype=torch.float32)
+    fast.load_state_dict(layer.state_dict())
+    patch_lightning_attention(torch.nn.ModuleList([fast]))
+    cache = _LinearCache()
+    first, _ = fast(x[:, :613].float(), None, None, past_key_values=cache)  # leaves the FP32 state
+    assert cache.get_linear_cache(2).dtype == torch.float32
+    rest, _ = fast(x[:, 613:].float(), None, None, past_key_values=cache)  # 87 tokens from it
+    assert cache.get_linear_cache(2).shape == (2, 8, 64, 64)
+    # the float32 fla tolerance of the tests above
+    assert rel(torch.cat([first, rest], 1), ref) < 5e-3
+    assert rel(rest, ref[:, 613:]) < 5e-3
+    alone, _ = fast(x[:, 613:].float(), None, None)  # the same tokens from a zero state differ
+    assert rel(alone, ref[:, 613:]) > 1e-2

@@ -79,9 +79,12 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
                           past_key_values=None, **kwargs):
     """Same signature and result as MiniMaxLightningAttention.forward, via chunk_simple_gla."""
     decoding = past_key_values is not None and past_key_values.get_linear_cache(self.layer_idx) is not None
-    if decoding and getattr(self, "fp32_state", False):
+    # several tokens after a kept state (a multi-turn episode's observation): fla's chunked kernel
+    # from that state, not a loop over the tokens
+    extending = decoding and hidden_states.shape[1] > 1 and hidden_states.is_cuda
+    if decoding and not extending and getattr(self, "fp32_state", False):
         return fp32_state_decode(self, hidden_states, attention_mask, past_key_values)
-    if decoding or not hidden_states.is_cuda:  # one token at a time: transformers' recurrence
+    if (decoding and not extending) or not hidden_states.is_cuda:  # transformers' recurrence
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask,
                                   past_key_values, **kwargs)
     from fla.ops.simple_gla import chunk_simple_gla
@@ -99,8 +102,9 @@ def fla_lightning_forward(self, hidden_states, position_embeddings=None, attenti
     cu = _cu_seqlens(kwargs.get("position_ids"), batch, seq_len, kwargs)
     g_gamma = -self.slope_rate.reshape(heads).float()
     # a prefill with a cache (generation, use_cache=True) leaves the final KV state for decoding
-    o, state = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, cu_seqlens=cu,
-                                cu_seqlens_cpu=_cu_seqlens_cpu(cu),
+    initial = past_key_values.get_linear_cache(self.layer_idx).float() if extending else None
+    o, state = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, initial_state=initial,
+                                cu_seqlens=cu, cu_seqlens_cpu=_cu_seqlens_cpu(cu),
                                 output_final_state=past_key_values is not None)
     if past_key_values is not None:
         # fla's final state is FP32; transformers' decode step multiplies it with the model-dtype

@@ -19,6 +19,7 @@ import torch
 from cispo.models.build import load_model, load_tokenizer
 from rollout.engines import register_engine
 from rollout.sampler import gumbel_noise, mix32, process_logits, sample, sample_keys
+from rollout.turn_cache import Kept, keepable, merge, take_row
 from rollout.types import Sample, SamplingParams
 
 LENGTH, STOP, REPETITION = 0, 1, 2
@@ -47,9 +48,16 @@ class HFEngine:
         # hybrid models (lightning + softmax layers): the first softmax layer, see `_forward`
         self.full_layer = types.index("full_attention") if "full_attention" in types and \
             len(set(types)) > 1 else None
+        # multi-turn episodes: caches kept between turns (decode_turns), keyed by sample stream
+        self.keep_turn_state = True  # False: prefill every turn's whole context (benchmarks)
+        self._keep_turns: bool | None = None  # decided at the first prefill (keepable cache?)
+        self._kept: dict[tuple[int, int], Kept] = {}
+        self.turn_stats = dict.fromkeys(("prefilled_rows", "prefilled_tokens", "reused_rows",
+                                         "reused_tokens"), 0)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Whole weights (strict) or one bucket of them (strict=False: only unknown names fail)."""
+        self._kept.clear()  # caches kept between turns were computed with the old weights
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         # A tied LM head appears under one name only; anything else missing is a real mismatch.
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
@@ -64,8 +72,9 @@ class HFEngine:
             raise RuntimeError(f"weight sync incomplete: {len(missing)} parameters missing, e.g. {missing[:5]}")
 
     def sleep(self) -> None:
-        """Nothing to release: this engine allocates its cache per `generate` call and frees it
-        when the call returns."""
+        """Release the caches kept between turns; everything else this engine allocates per
+        `generate` call and frees when the call returns."""
+        self._kept.clear()
 
     def wake(self) -> None:
         """Nothing to take back (see `sleep`)."""
@@ -166,19 +175,55 @@ class HFEngine:
         draws the same tokens however the turns of a batch interleave. Returns (tokens, log-probs,
         reason, the turn's text without EOS) per row.
 
-        The context is prefilled again each turn (the transformers cache of a left-padded batch
-        cannot take rows of different lengths back in); what a slot-based engine keeps instead is
-        in docs/environments.md."""
+        The episode's cache is kept between its turns (rollout.turn_cache), keyed by its stream:
+        a context that extends what the kept cache has seen forwards only the new tokens (the
+        last turn's final token and the observation); any other context is prefilled whole.
+        `forget_turns` drops an ended episode's cache. `turn_stats` counts both kinds of rows and
+        the tokens each forwarded."""
         dev, B = self.device, len(contexts)
-        width = max(len(c) for c in contexts)
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, c in enumerate(contexts):
-            ids[i, width - len(c):] = torch.tensor(c)
-            attn[i, width - len(c):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
-        out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        lengths = [len(c) for c in contexts]
+        singles: list = [None] * B
+        logits_rows: list = [None] * B
+        extend: dict[int, list[tuple[int, Kept]]] = {}  # new-token count → (row, its kept cache)
+        for r, (c, s) in enumerate(zip(contexts, streams, strict=True)):
+            kept = self._kept.pop(tuple(s), None)
+            n = len(kept.tokens) if kept is not None else 0
+            if kept is not None and len(c) > n and c[:n] == kept.tokens:
+                extend.setdefault(len(c) - n, []).append((r, kept))
+        for m, group in extend.items():
+            # rows with as many new tokens forward them together: their kept caches merged,
+            # left-padded (a lightning state has no length, so only equal new counts batch)
+            merged, attn = merge([k.cache for _, k in group], [len(k.tokens) for _, k in group])
+            attn = torch.cat([attn, torch.ones((len(group), m), dtype=torch.long)], 1).to(dev)
+            ids = torch.tensor([contexts[r][-m:] for r, _ in group], device=dev)
+            pos = torch.tensor([len(k.tokens) for _, k in group], device=dev)[:, None] + \
+                torch.arange(m, device=dev)
+            out = self._forward(ids, attn, pos, merged)
+            for i, (r, _) in enumerate(group):
+                singles[r] = take_row(out.past_key_values, i, lengths[r])
+                logits_rows[r] = out.logits[i:i + 1, -1]
+            self.turn_stats["reused_rows"] += len(group)
+            self.turn_stats["reused_tokens"] += m * len(group)
+        fresh = [r for r in range(B) if singles[r] is None]
+        if fresh:  # one left-padded prefill for the rows with nothing kept
+            width = max(lengths[r] for r in fresh)
+            ids = torch.full((len(fresh), width), self.pad_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, r in enumerate(fresh):
+                ids[i, width - lengths[r]:] = torch.tensor(contexts[r])
+                attn[i, width - lengths[r]:] = 1
+            ids, attn = ids.to(dev), attn.to(dev)
+            out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
+            self.turn_stats["prefilled_rows"] += len(fresh)
+            self.turn_stats["prefilled_tokens"] += sum(lengths[r] for r in fresh)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            if self._keep_turns is None:
+                self._keep_turns = keepable(cache)
+        if len(fresh) < B:  # some rows come from kept caches: one batch of all, left-padded
+            for i, r in enumerate(fresh):
+                singles[r], logits_rows[r] = take_row(cache, i, lengths[r]), logits[i:i + 1]
+            cache, attn = merge(singles, lengths)
+            logits, attn = torch.cat(logits_rows), attn.to(dev)
         keys = sample_keys(params.seed, torch.tensor([s[0] for s in streams]),
                            torch.tensor([s[1] for s in streams])).to(dev)
         offs = torch.tensor(offsets, dtype=torch.long, device=dev)
@@ -209,6 +254,11 @@ class HFEngine:
                     reason[r] = "length"
                 else:
                     keep.append(j)
+            if self._keep_turns and self.keep_turn_state:  # a finished row's cache: its context and all but its last token
+                for j, r in enumerate(alive):
+                    if reason[r] is not None:
+                        self._kept[tuple(streams[r])] = Kept(
+                            list(contexts[r]) + gen[r][:-1], take_row(cache, j, int(attn[j].sum())))
             if not keep:
                 break
             if len(keep) < len(alive):
@@ -223,6 +273,13 @@ class HFEngine:
                  self.tokenizer.decode(gen[r][:-1] if reason[r] == "stop" else gen[r]))
                 for r in range(B)]
 
+    def forget_turns(self, streams=None) -> None:
+        """Drop the kept caches of these episodes' streams (all when None): their episodes ended."""
+        if streams is None:
+            self._kept.clear()
+        for s in streams or ():
+            self._kept.pop(tuple(s), None)
+
     def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache):
         """One cached forward, last position's logits only. For hybrid models the softmax
         layers' mask is built here: transformers (5.x) sizes a cached step's causal mask from
@@ -232,7 +289,8 @@ class HFEngine:
         if self.full_layer is None:
             return self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                               use_cache=True, logits_to_keep=1)
-        if bool(attn.all()):  # no padding: plain causal attention, no mask needed
+        if bool(attn.all()) and (cache is None or ids.shape[1] == 1):
+            # no padding, and no cached tokens before several new ones: plain causal attention
             return self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
                               logits_to_keep=1)
         from transformers.masking_utils import create_causal_mask
