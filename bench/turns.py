@@ -96,8 +96,8 @@ def agreement(a: dict, b: dict) -> dict:
     for ta, tb, la, lb in zip(a.pop("tokens"), b.pop("tokens"), a.pop("logprobs"), b.pop("logprobs"),
                               strict=True):
         same += ta == tb
-        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-        worst = max([worst] + [abs(x - y) for x, y in zip(la[:n], lb[:n])])
+        n = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
+        worst = max([worst] + [abs(x - y) for x, y in zip(la[:n], lb[:n], strict=True)])
     return {"same_episodes": same, "max_abs_dlogp_shared": worst}
 
 

@@ -142,10 +142,14 @@ class GenerationWorker:
                              "contexts (decode_turns): env.name needs rollout.engine=hf")
         load_modules(env.get("modules", []))
         cls, options = get_environment(env["name"]), dict(env.get("options") or {})
-        return run_episodes(prompts, tasks, group_size, first_index, lambda: cls(**options),
-                            self.engine.tokenizer, partial(decode, params=params),
-                            EpisodeLimits(**env["limits"]), params.max_new_tokens,
-                            forget=getattr(self.engine, "forget_turns", None))
+        forget = getattr(self.engine, "forget_turns", None)
+        try:
+            return run_episodes(prompts, tasks, group_size, first_index, lambda: cls(**options),
+                                self.engine.tokenizer, partial(decode, params=params),
+                                EpisodeLimits(**env["limits"]), params.max_new_tokens, forget=forget)
+        finally:
+            if forget is not None:  # whatever a failed call left kept
+                forget()
 
 
 class StaleWeights(RuntimeError):
