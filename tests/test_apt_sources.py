@@ -1,6 +1,6 @@
 """The sandbox image's Debian archive comes from the machine's apt sources (one-line and deb822
 files), an explicit setting overriding it; the repository names no archive host (issue 14).
-The sources here are made up, with placeholder hosts."""
+The sources here are made up, with host-less file: URIs (apt and debootstrap take those too)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sandboxes.apt_sources import debian_mirror, read_sources
 from sandboxes.image import MIRROR_ENV, SUITE, mirror
 
 ROOT = Path(__file__).resolve().parent.parent
-SITE = "http://apt.example.invalid/debian"
+SITE = "file:///srv/apt/debian"
 
 
 def _apt(tmp_path: Path, sources_list: str = "", **files: str) -> Path:
@@ -31,7 +31,7 @@ def test_one_line_format(tmp_path):
 # a comment, then a CD and sources that cannot be debootstrapped from
 deb cdrom:[Debian GNU/Linux 12]/ {SUITE} main
 deb-src {SITE} {SUITE} main
-deb http://security.example.invalid/debian-security {SUITE}-security main
+deb file:///srv/security/debian-security {SUITE}-security main
 deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] {SITE} {SUITE} main contrib  # trailing
 """)
     src = debian_mirror(SUITE, apt)
@@ -43,7 +43,7 @@ deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] {SITE} {SUITE} main contrib
 def test_deb822_format(tmp_path):
     apt = _apt(tmp_path, sources_list="", debian_sources=f"""\
 Types: deb
-URIs: http://off.example.invalid/debian
+URIs: file:///srv/off/debian
 Suites: {SUITE}
 Components: main
 Enabled: no
@@ -57,7 +57,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://security.example.invalid/debian-security
+URIs: file:///srv/security/debian-security
 Suites: {SUITE}-security
 Components: main
 """)
@@ -69,19 +69,19 @@ Components: main
 
 
 def test_sources_list_comes_before_the_directory_and_the_suite_match_wins(tmp_path):
-    apt = _apt(tmp_path, "deb http://first.example.invalid/debian trixie main\n",
+    apt = _apt(tmp_path, "deb file:///srv/first/debian trixie main\n",
                a_list=f"deb {SITE} {SUITE} main\n")
     assert debian_mirror(SUITE, apt).uri == SITE  # the exact suite beats an earlier other release
-    apt2 = _apt(tmp_path / "2", "deb http://first.example.invalid/debian trixie main\n",
-                a_list="deb http://second.example.invalid/debian trixie main\n")
+    apt2 = _apt(tmp_path / "2", "deb file:///srv/first/debian trixie main\n",
+                a_list="deb file:///srv/second/debian trixie main\n")
     # no source carries the suite: the first Debian archive carrying a release serves it too
-    assert debian_mirror(SUITE, apt2).uri == "http://first.example.invalid/debian"
+    assert debian_mirror(SUITE, apt2).uri == "file:///srv/first/debian"
 
 
 def test_a_machine_without_a_debian_archive_gets_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv(MIRROR_ENV, raising=False)
-    apt = _apt(tmp_path, "deb http://archive.example.invalid/ubuntu noble main universe\n"
-                         "deb http://archive.example.invalid/ubuntu noble-security main\n")
+    apt = _apt(tmp_path, "deb file:///srv/archive/ubuntu noble main universe\n"
+                         "deb file:///srv/archive/ubuntu noble-security main\n")
     assert debian_mirror(SUITE, apt) is None
     with pytest.raises(LookupError, match=f"--mirror URL or {MIRROR_ENV}=URL"):
         mirror(apt_dir=str(apt))
@@ -92,8 +92,8 @@ def test_explicit_settings_override_the_apt_sources(tmp_path, monkeypatch):
     apt = _apt(tmp_path, f"deb {SITE} {SUITE} main\n")
     monkeypatch.delenv(MIRROR_ENV, raising=False)
     assert mirror(apt_dir=str(apt)) == (SITE, str(apt / "sources.list"))
-    monkeypatch.setenv(MIRROR_ENV, "http://env.example.invalid/debian")
-    assert mirror(apt_dir=str(apt)) == ("http://env.example.invalid/debian", MIRROR_ENV)
+    monkeypatch.setenv(MIRROR_ENV, "file:///srv/env/debian")
+    assert mirror(apt_dir=str(apt)) == ("file:///srv/env/debian", MIRROR_ENV)
     assert mirror("file:///srv/debian", apt_dir=str(apt)) == ("file:///srv/debian", "--mirror")
 
 
