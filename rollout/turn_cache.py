@@ -42,19 +42,26 @@ def _shell(cache):
     return new
 
 
-def take_row(cache, row: int, length: int):
-    """Row `row` of a left-padded batch cache as a cache of its own, keeping only its last
-    `length` positions (its real tokens; the rest is left padding)."""
-    one = _shell(cache)
-    for layer in one.layers:
-        if isinstance(layer.keys, torch.Tensor) and layer.keys.numel():
-            # copies: the batch cache's tensors are freed when the turn ends
-            layer.keys = layer.keys[row:row + 1, :, layer.keys.shape[2] - length:].clone()
-            layer.values = layer.values[row:row + 1, :, layer.values.shape[2] - length:].clone()
-    states = getattr(one, "linear_cache", None) or []
+def map_cache(cache, kv_fn, state_fn) -> None:
+    """Replace, in place, every softmax layer's keys and values x by kv_fn(x) ([B, heads, len, D])
+    and every lightning state s by state_fn(s) ([B, H, D, D]); layers holding nothing are left."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.numel():
+            layer.keys, layer.values = kv_fn(layer.keys), kv_fn(layer.values)
+    states = getattr(cache, "linear_cache", None) or []
     for i, state in enumerate(states):
         if isinstance(state, torch.Tensor):
-            states[i] = state[row:row + 1].clone()
+            states[i] = state_fn(state)
+
+
+def take_row(cache, row: int, length: int):
+    """Row `row` of a left-padded batch cache as a cache of its own, keeping only its last
+    `length` positions (its real tokens; the rest is left padding). Copies: the batch cache's
+    tensors are freed when the turn ends."""
+    one = _shell(cache)
+    map_cache(one, lambda x: x[row:row + 1, :, x.shape[2] - length:].clone(),
+              lambda s: s[row:row + 1].clone())
     return one
 
 

@@ -19,7 +19,7 @@ import torch
 from cispo.models.build import load_model, load_tokenizer
 from rollout.engines import register_engine
 from rollout.sampler import gumbel_noise, mix32, process_logits, sample, sample_keys
-from rollout.turn_cache import Kept, keepable, merge, take_row
+from rollout.turn_cache import Kept, keepable, map_cache, merge, take_row
 from rollout.types import Sample, SamplingParams
 
 LENGTH, STOP, REPETITION = 0, 1, 2
@@ -50,7 +50,6 @@ class HFEngine:
             len(set(types)) > 1 else None
         # multi-turn episodes: caches kept between turns (decode_turns), keyed by sample stream
         self.keep_turn_state = True  # False: prefill every turn's whole context (benchmarks)
-        self._keep_turns: bool | None = None  # decided at the first prefill (keepable cache?)
         self._kept: dict[tuple[int, int], Kept] = {}
         self.turn_stats = dict.fromkeys(("prefilled_rows", "prefilled_tokens", "reused_rows",
                                          "reused_tokens"), 0)
@@ -94,15 +93,9 @@ class HFEngine:
                   first_index: int, first_sample: int = 0) -> list[Sample]:
         """Row r is sample first_sample + r % G of prompt first_index + r // G."""
         dev, P, T = self.device, len(prompts), params.max_new_tokens
-        width = max(len(p) for p in prompts)
-        ids = torch.full((P, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends at the same column
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
+        ids, attn = self._left_padded(prompts)
         if self.recorder is not None:
-            self.recorder.start([len(p) for p in prompts], G, width)
+            self.recorder.start([len(p) for p in prompts], G, ids.shape[1])
         # 1. one prefill per prompt; positions count real tokens only (left padding)
         out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
         if self.recorder is not None:
@@ -206,24 +199,17 @@ class HFEngine:
             self.turn_stats["reused_tokens"] += m * len(group)
         fresh = [r for r in range(B) if singles[r] is None]
         if fresh:  # one left-padded prefill for the rows with nothing kept
-            width = max(lengths[r] for r in fresh)
-            ids = torch.full((len(fresh), width), self.pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, r in enumerate(fresh):
-                ids[i, width - lengths[r]:] = torch.tensor(contexts[r])
-                attn[i, width - lengths[r]:] = 1
-            ids, attn = ids.to(dev), attn.to(dev)
+            ids, attn = self._left_padded([contexts[r] for r in fresh])
             out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None)
             self.turn_stats["prefilled_rows"] += len(fresh)
             self.turn_stats["prefilled_tokens"] += sum(lengths[r] for r in fresh)
             cache, logits = out.past_key_values, out.logits[:, -1]
-            if self._keep_turns is None:
-                self._keep_turns = keepable(cache)
         if len(fresh) < B:  # some rows come from kept caches: one batch of all, left-padded
             for i, r in enumerate(fresh):
                 singles[r], logits_rows[r] = take_row(cache, i, lengths[r]), logits[i:i + 1]
             cache, attn = merge(singles, lengths)
             logits, attn = torch.cat(logits_rows), attn.to(dev)
+        keep_caches = self.keep_turn_state and keepable(cache)
         keys = sample_keys(params.seed, torch.tensor([s[0] for s in streams]),
                            torch.tensor([s[1] for s in streams])).to(dev)
         offs = torch.tensor(offsets, dtype=torch.long, device=dev)
@@ -254,11 +240,11 @@ class HFEngine:
                     reason[r] = "length"
                 else:
                     keep.append(j)
-            if self._keep_turns and self.keep_turn_state:  # a finished row's cache: its context and all but its last token
+            if keep_caches:  # a finished row's cache holds its context and all but its last token
                 for j, r in enumerate(alive):
                     if reason[r] is not None:
-                        self._kept[tuple(streams[r])] = Kept(
-                            list(contexts[r]) + gen[r][:-1], take_row(cache, j, int(attn[j].sum())))
+                        seen = list(contexts[r]) + gen[r][:-1]
+                        self._kept[tuple(streams[r])] = Kept(seen, take_row(cache, j, len(seen)))
             if not keep:
                 break
             if len(keep) < len(alive):
@@ -272,6 +258,17 @@ class HFEngine:
         return [(gen[r], lps[r], reason[r],
                  self.tokenizer.decode(gen[r][:-1] if reason[r] == "stop" else gen[r]))
                 for r in range(B)]
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows left-padded so every sequence ends at the same column, and their attention
+        mask (1 on real tokens), on the engine's device."""
+        width = max(len(q) for q in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, q in enumerate(seqs):
+            ids[i, width - len(q):] = torch.tensor(q)
+            attn[i, width - len(q):] = 1
+        return ids.to(self.device), attn.to(self.device)
 
     def forget_turns(self, streams=None) -> None:
         """Drop the kept caches of these episodes' streams (all when None): their episodes ended."""
@@ -312,11 +309,4 @@ def cache_rows(cache, fn) -> None:
     """Apply a batch-dim map (repeat, select) to every tensor of a transformers cache. Written out
     because `MiniMaxCache.batch_repeat_interleave` indexes past its lightning-state list when the
     last layer is a softmax layer (transformers 5.x); this touches only what the cache holds."""
-    for layer in cache.layers:
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, torch.Tensor) and keys.numel():
-            layer.keys, layer.values = fn(layer.keys), fn(layer.values)
-    states = getattr(cache, "linear_cache", None) or []
-    for i, state in enumerate(states):
-        if isinstance(state, torch.Tensor):
-            states[i] = fn(state)
+    map_cache(cache, fn, fn)
